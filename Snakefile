@@ -1,0 +1,23 @@
+# segbench: datasets -> training -> evaluation -> profiles -> MLflow -> study reports.
+# The default run:   snakemake --cores all          (config.yaml, embedded synthetic data)
+# Another config:    snakemake --cores all --configfile workflow/configs/paper.yaml
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/track.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

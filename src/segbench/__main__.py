@@ -1,0 +1,3 @@
+from segbench.cli import main
+
+raise SystemExit(main())

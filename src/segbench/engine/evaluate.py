@@ -1,0 +1,86 @@
+"""Evaluation of a trained run on the val split: one pass, the checkpoint read once.
+
+The confusion matrix is accumulated on the model's device with one bincount per batch
+(:func:`segbench.metrics.confusion_matrix`); metrics follow REFERENCE.md §3.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from segbench.data.dataset import SegmentationDataset
+from segbench.engine.common import progress_kwargs, setup_torch
+from segbench.io import atomic_path, read_json, write_json
+from segbench.metrics import confusion_matrix, scores
+from segbench.models import build_model
+
+
+def load_trained(run_dir: str | Path, device: torch.device | str = "cpu"):
+    """Rebuild a run's model from its run.json and model.pt (weights only)."""
+    run_dir = Path(run_dir)
+    for name in ("run.json", "model.pt"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"{run_dir / name} is missing: train the run first (snakemake or `segbench train`)")
+    record = read_json(run_dir / "run.json")
+    spec = record["config"]["model"]
+    model = build_model(spec["arch"], record["num_classes"], **spec["params"])
+    state = torch.load(run_dir / "model.pt", map_location=device, weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval(), record
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int = 4, samples: int = 4,
+                 threads: int | None = None, progress: bool = True) -> dict:
+    run_dir, data_dir = Path(run_dir), Path(data_dir)
+    device = setup_torch(threads)
+    model, record = load_trained(run_dir, device)
+    num_classes = record["num_classes"]
+    ds = SegmentationDataset(data_dir / "manifest.csv", "val", None)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    kept = {"images": [], "labels": [], "preds": [], "names": []}
+    t0, pixels = time.time(), 0
+    with torch.inference_mode():
+        for images, labels, idx in tqdm(loader, desc="evaluate", unit="batch", disable=not progress,
+                                        **progress_kwargs()):
+            images, labels = images.to(device), labels.to(device)
+            pred = model(images).argmax(1)
+            conf += confusion_matrix(pred, labels, num_classes)
+            pixels += labels.numel()
+            for j, i in enumerate(idx.tolist()):
+                if len(kept["names"]) < samples:
+                    image, label = ds.raw(i)
+                    kept["images"].append(image)
+                    kept["labels"].append(label)
+                    kept["preds"].append(pred[j].to(torch.uint8).cpu().numpy())
+                    kept["names"].append(ds.name(i))
+    seconds = time.time() - t0
+    conf = conf.cpu()
+    result = scores(conf)
+    h, w = ds.raw(0)[1].shape
+    metrics = {
+        "run_key": record["run_key"], "mIoU": result["mIoU"], "aAcc": result["aAcc"], "mAcc": result["mAcc"],
+        "mDice": result["mDice"], "IoU": result["IoU"], "Acc": result["Acc"], "Dice": result["Dice"],
+        "class_names": record["class_names"], "num_images": len(ds), "input_size": [h, w],
+        "eval_seconds": seconds, "metric_mpixel_per_s": pixels / 1e6 / max(seconds, 1e-9),
+    }
+    with atomic_path(run_dir / "confusion.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, conf.numpy())
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=np.stack(kept["images"]) if kept["images"] else np.zeros((0, h, w, 3), np.uint8),
+                        labels=np.stack(kept["labels"]) if kept["labels"] else np.zeros((0, h, w), np.uint8),
+                        preds=np.stack(kept["preds"]) if kept["preds"] else np.zeros((0, h, w), np.uint8),
+                        names=np.array(kept["names"], dtype=str))
+    with atomic_path(run_dir / "samples.npz") as tmp:
+        tmp.write_bytes(buf.getvalue())
+    write_json(run_dir / "metrics.json", metrics)
+    print(f"{record['run_key']}: mIoU {metrics['mIoU']:.4f}, aAcc {metrics['aAcc']:.4f}, "
+          f"mDice {metrics['mDice']:.4f} on {len(ds)} val images", flush=True)
+    return metrics

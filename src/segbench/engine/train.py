@@ -1,0 +1,212 @@
+"""Training of one run: seeded, resumable, with a per-epoch history.
+
+The run's resolved spec (see :mod:`segbench.plan`) fully determines the result on CPU:
+every epoch re-seeds torch and the DataLoader's generator from (seed, epoch), so a run
+resumed from the checkpoint of epoch e continues exactly as an uninterrupted one would.
+
+Files (docs/outputs.md): ``ckpt/last.pt`` after every epoch (not a declared output; a
+checkpoint whose config hash differs from the spec's is ignored), then the declared
+outputs ``model.pt``, ``history.csv`` and, last of all, ``run.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from segbench import IGNORE_INDEX
+from segbench.data import DataError
+from segbench.data.dataset import SegmentationDataset, seed_worker
+from segbench.data.transforms import train_transform
+from segbench.engine.common import progress_kwargs, setup_torch
+from segbench.io import atomic_path, read_json, write_json, write_text
+from segbench.losses import build_loss
+from segbench.metrics import confusion_matrix, scores
+from segbench.models import build_model
+from segbench.plan import spec_hash
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_mIoU", "train_aAcc", "val_loss", "val_mIoU", "val_aAcc",
+                   "lr", "epoch_seconds", "time"]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def make_optimizer(model: torch.nn.Module, spec: dict) -> torch.optim.Optimizer:
+    if spec["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=spec["lr"], momentum=spec["momentum"],
+                               weight_decay=spec["weight_decay"])
+    return torch.optim.AdamW(model.parameters(), lr=spec["lr"], weight_decay=spec["weight_decay"])
+
+
+def make_scheduler(opt: torch.optim.Optimizer, spec: dict, total_iters: int):
+    if spec["schedule"] == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
+    power = spec["poly_power"]
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda it: max(0.0, 1.0 - it / total_iters) ** power)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _history_csv(history: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: row.get(k, "") for k in HISTORY_COLUMNS})
+    return buf.getvalue()
+
+
+@torch.no_grad()
+def validate(model, loader, loss_fn, num_classes, device, amp: bool) -> tuple[float, dict]:
+    model.eval()
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    total, pixels = 0.0, 0
+    for images, labels, _ in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = model(images)
+        n = int((labels != IGNORE_INDEX).sum())
+        total += float(loss_fn(logits, labels)) * n
+        pixels += n
+        conf += confusion_matrix(logits.argmax(1), labels, num_classes)
+    return total / max(pixels, 1), scores(conf.cpu())
+
+
+def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
+              progress: bool = True) -> dict:
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    tr = spec["train"]
+    device = setup_torch(threads or tr.get("threads"))
+    amp = bool(tr.get("amp")) and device.type == "cuda"
+    meta = read_json(data_dir / "meta.json")
+    num_classes = int(meta["num_classes"])
+    if num_classes != spec["dataset"]["num_classes"]:
+        raise DataError(f"{data_dir / 'meta.json'} says {num_classes} classes but the config expects "
+                        f"{spec['dataset']['num_classes']}; rerun `segbench prepare`")
+    chash = spec_hash(spec)
+    seed = int(spec["seed"])
+    torch.manual_seed(seed)
+
+    transform = train_transform(tr)
+    train_ds = SegmentationDataset(data_dir / "manifest.csv", "train", transform)
+    val_ds = SegmentationDataset(data_dir / "manifest.csv", "val", None)
+    if len(train_ds) < tr["batch_size"]:
+        raise DataError(f"the train split of {data_dir} has {len(train_ds)} images, fewer than "
+                        f"batch_size={tr['batch_size']}; lower train.batch_size")
+    gen = torch.Generator()
+    loader_kw = dict(num_workers=tr["workers"], worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
+                     persistent_workers=False)
+    train_loader = torch.utils.data.DataLoader(train_ds, batch_size=tr["batch_size"], shuffle=True,
+                                               drop_last=True, generator=gen, **loader_kw)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=spec["eval"]["batch_size"], shuffle=False,
+                                             **loader_kw)
+
+    model = build_model(spec["model"]["arch"], num_classes, **spec["model"]["params"]).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss({k: v for k, v in spec["loss"].items() if k != "name"}).to(device)
+    opt = make_optimizer(model, tr)
+    epochs = tr["epochs"]
+    sched = make_scheduler(opt, tr, epochs * len(train_loader))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    ckpt_path = out_dir / "ckpt" / "last.pt"
+    history: list[dict] = []
+    start_epoch = 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if state.get("config_hash") == chash:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            history = list(state["history"])
+            start_epoch = int(state["epoch"])
+            print(f"resuming {spec['run_key']} from {ckpt_path} after epoch {start_epoch}", flush=True)
+        else:
+            print(f"ignoring {ckpt_path}: it belongs to another configuration (hash "
+                  f"{state.get('config_hash')} != {chash}); training from scratch", flush=True)
+
+    print(f"training {spec['run_key']} on {device} ({torch.get_num_threads()} threads): "
+          f"{len(train_ds)} train / {len(val_ds)} val images, {epochs} epochs", flush=True)
+    t_start = time.time()
+    for epoch in range(start_epoch, epochs):
+        t0 = time.time()
+        torch.manual_seed(_epoch_seed(seed, epoch))
+        gen.manual_seed(_epoch_seed(seed, epoch))
+        if tr["workers"] == 0:
+            transform.set_random_seed(_epoch_seed(seed, epoch))
+        model.train()
+        conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        loss_sum, n_batches = 0.0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress,
+                   **progress_kwargs())
+        for step, (images, labels, idx) in enumerate(bar):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = model(images)
+            loss = loss_fn(logits, labels)
+            if not torch.isfinite(loss):
+                names = [train_ds.name(int(i)) for i in idx]
+                raise NonFiniteLoss(
+                    f"loss is {float(loss)} at epoch {epoch + 1}, step {step} (batch: {', '.join(names)}); "
+                    f"last good checkpoint: {ckpt_path if ckpt_path.exists() else 'none'}")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            loss_sum += float(loss)
+            n_batches += 1
+            conf += confusion_matrix(logits.detach().argmax(1), labels, num_classes)
+            bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}")
+        bar.close()
+        train_scores = scores(conf.cpu())
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_batches, 1),
+               "train_mIoU": train_scores["mIoU"], "train_aAcc": train_scores["aAcc"],
+               "lr": opt.param_groups[0]["lr"]}
+        if (epoch + 1) % tr["val_every"] == 0 or epoch + 1 == epochs:
+            val_loss, val_scores = validate(model, val_loader, loss_fn, num_classes, device, amp)
+            row.update(val_loss=val_loss, val_mIoU=val_scores["mIoU"], val_aAcc=val_scores["aAcc"])
+        row["epoch_seconds"] = time.time() - t0
+        row["time"] = time.time()
+        history.append(row)
+        print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(
+            f"{k}={v:.4f}" for k, v in row.items() if k not in ("epoch", "time") and isinstance(v, float)
+            and not math.isnan(v)), flush=True)
+        _save_checkpoint(ckpt_path, {
+            "epoch": epoch + 1, "config_hash": chash, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+            "history": history})
+
+    # declared outputs, written last (run.json last of all)
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    write_text(out_dir / "history.csv", _history_csv(history))
+    record = {
+        "run_key": spec["run_key"], "dataset": spec["dataset"]["name"], "model": spec["model"]["name"],
+        "loss": spec["loss"]["name"], "seed": seed, "config": spec, "config_hash": chash,
+        "num_classes": num_classes, "class_names": meta["class_names"], "palette": meta["palette"],
+        "device": str(device), "threads": torch.get_num_threads(), "epochs": epochs,
+        "train_seconds": sum(r["epoch_seconds"] for r in history),
+        "resumed_from_epoch": start_epoch or None, "wall_seconds_this_job": time.time() - t_start,
+    }
+    write_json(out_dir / "run.json", record)
+    return record

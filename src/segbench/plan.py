@@ -1,0 +1,125 @@
+"""Expand a validated config into the benchmark's jobs.
+
+A *run* is one (dataset, model, loss, seed); its key ``{dataset}/{model}/{loss}/s{seed}``
+names its directory under ``results/runs/``. Studies are matrices over names; a run cited
+by several studies is trained once. A *profile* is one (model, classes, input size).
+
+Each run's fully resolved specification (dataset, model, loss and the training protocol
+after the dataset- and model-level overrides) is what the Snakefile hands to
+``segbench train``; Snakemake's params trigger reruns exactly the runs whose spec changed.
+
+No torch here: the Snakefile imports this module at start-up.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from itertools import product
+
+# Classes per (source, label set); known before any data is prepared.
+NUM_CLASSES = {("synthetic", "trainId"): 19, ("synthetic", "category"): 7,
+               ("cityscapes", "trainId"): 19, ("cityscapes", "category"): 7}
+# Native val image size per source, for profiling (synthetic: its generated size).
+EVAL_SIZE = {"cityscapes": (1024, 2048)}
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    dataset: str
+    model: str
+    loss: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.model}/{self.loss}/s{self.seed}"
+
+    @property
+    def dir(self) -> str:
+        return f"results/runs/{self.key}"
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Plan:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.studies: dict[str, list[Run]] = {}
+        seen: dict[Run, None] = {}
+        for study, s in cfg["studies"].items():
+            runs = [Run(d, m, l, int(seed)) for d, m, l, seed in
+                    product(s["datasets"], s["models"], s["losses"], s["seeds"])]
+            self.studies[study] = runs
+            for r in runs:
+                seen.setdefault(r, None)
+        self.runs: list[Run] = list(seen)
+
+    # -- datasets -------------------------------------------------------------------
+    def dataset(self, name: str) -> dict:
+        return self.cfg["datasets"][name]
+
+    def num_classes(self, dataset: str) -> int:
+        ds = self.dataset(dataset)
+        return NUM_CLASSES[(ds["source"], ds["labels"])]
+
+    def eval_size(self, dataset: str) -> tuple[int, int]:
+        ds = self.dataset(dataset)
+        if ds.get("eval_size"):
+            return tuple(ds["eval_size"])
+        if ds["source"] == "synthetic":
+            return (ds["generate"]["height"], ds["generate"]["width"])
+        return EVAL_SIZE[ds["source"]]
+
+    # -- runs -----------------------------------------------------------------------
+    def train_spec(self, dataset: str, model: str) -> dict:
+        spec = copy.deepcopy(self.cfg["train"])
+        spec.update(self.dataset(dataset).get("train") or {})
+        spec.update(self.cfg["models"][model].get("train") or {})
+        return spec
+
+    def run_spec(self, run: Run) -> dict:
+        """Everything that determines a run's result (and nothing that does not)."""
+        m = self.cfg["models"][run.model]
+        return {
+            "run_key": run.key,
+            "dataset": {"name": run.dataset, **copy.deepcopy(self.dataset(run.dataset)),
+                        "num_classes": self.num_classes(run.dataset)},
+            "model": {"name": run.model, "arch": m["arch"], "params": copy.deepcopy(m.get("params") or {})},
+            "loss": {"name": run.loss, **copy.deepcopy(self.cfg["losses"][run.loss])},
+            "seed": run.seed,
+            "train": self.train_spec(run.dataset, run.model),
+            "eval": copy.deepcopy(self.cfg["eval"]),
+        }
+
+    def find_run(self, dataset: str, model: str, loss: str, seed: int | str) -> Run:
+        run = Run(dataset, model, loss, int(seed))
+        if run not in self.runs:
+            raise KeyError(f"run {run.key} is not in any study of the config")
+        return run
+
+    def studies_of(self, run: Run) -> list[str]:
+        return [s for s, runs in self.studies.items() if run in runs]
+
+    # -- profiles -------------------------------------------------------------------
+    def profile_name(self, run: Run) -> str:
+        h, w = self.eval_size(run.dataset)
+        return f"{run.model}-c{self.num_classes(run.dataset)}-{h}x{w}"
+
+    def profile_path(self, run: Run) -> str:
+        return f"results/profiles/{self.profile_name(run)}.json"
+
+    def model_spec(self, model: str) -> dict:
+        m = self.cfg["models"][model]
+        return {"name": model, "arch": m["arch"], "params": copy.deepcopy(m.get("params") or {})}
+
+    def summary(self) -> str:
+        lines = [f"{len(self.runs)} runs in {len(self.studies)} studies"]
+        for study, runs in self.studies.items():
+            lines.append(f"  {study}: {len(runs)} runs")
+            lines.extend(f"    {r.key}" for r in runs)
+        return "\n".join(lines)

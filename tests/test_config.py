@@ -1,0 +1,118 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segbench.config import ConfigError, load_config, validate_config
+from segbench.plan import Plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def raw():
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_filled(raw):
+    cfg = validate_config(raw)
+    assert cfg["train"]["optimizer"] in ("adamw", "sgd")
+    assert cfg["studies"]["unet_segnet"]["seeds"] == [0]
+    assert cfg["mlflow"]["tracking_uri"] is None
+
+
+def errors_of(raw) -> str:
+    with pytest.raises(ConfigError) as e:
+        validate_config(raw)
+    return str(e.value)
+
+
+def test_misspelt_key_names_path_and_allowed(raw):
+    raw["trian"] = {"epochs": 2}
+    msg = errors_of(raw)
+    assert "unknown key 'trian'" in msg and "did you mean 'train'" in msg and "allowed keys:" in msg
+
+
+def test_misspelt_nested_key(raw):
+    raw["models"]["unet"]["params"]["widht"] = 8
+    msg = errors_of(raw)
+    assert "models.unet.params" in msg and "'widht'" in msg and "width" in msg
+
+
+def test_wrong_type(raw):
+    raw["train"]["epochs"] = "four"
+    assert "config key 'train.epochs': expected integer, got 'four'" in errors_of(raw)
+
+
+def test_unknown_architecture_lists_allowed(raw):
+    raw["models"]["segnet"]["arch"] = "segnett"
+    msg = errors_of(raw)
+    assert "models.segnet.arch" in msg and "allowed values: unet, segnet" in msg
+
+
+def test_unknown_loss_type(raw):
+    raw["losses"]["ce"]["type"] = "cross_entropy"
+    msg = errors_of(raw)
+    assert "losses.ce.type" in msg and "'cross_entropy'" in msg and "allowed values:" in msg
+
+
+def test_study_names_must_be_defined(raw):
+    raw["studies"]["unet_segnet"]["models"].append("deeplab")
+    raw["studies"]["unet_segnet"]["datasets"] = ["cityscape"]
+    msg = errors_of(raw)
+    assert "studies.unet_segnet.models[2]': 'deeplab' is not defined under 'models'" in msg
+    assert "allowed values: unet, segnet" in msg
+    assert "studies.unet_segnet.datasets[0]': 'cityscape'" in msg
+
+
+def test_impossible_size(raw):
+    raw["train"]["crop"] = [100, 256]
+    assert "train.crop[0]" in errors_of(raw)
+
+
+def test_all_problems_reported_at_once(raw):
+    raw["train"]["epochs"] = 0
+    raw["eval"]["batchsize"] = 2
+    msg = errors_of(raw)
+    assert "2 problems" in msg and "train.epochs" in msg and "eval" in msg
+
+
+def test_load_config_names_the_file(tmp_path, raw):
+    bad = copy.deepcopy(raw)
+    bad["models"]["unet"]["arch"] = "nope"
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match=str(p)):
+        load_config(p)
+
+
+def test_overrides_resolve_in_order(raw):
+    raw["datasets"]["synthetic"]["train"] = {"batch_size": 2, "lr": 0.1}
+    raw["models"]["unet"]["train"] = {"lr": 0.5}
+    plan = Plan(validate_config(raw))
+    unet = plan.train_spec("synthetic", "unet")
+    segnet = plan.train_spec("synthetic", "segnet")
+    assert unet["lr"] == 0.5 and unet["batch_size"] == 2
+    assert segnet["lr"] == 0.1 and segnet["batch_size"] == 2
+    assert unet["epochs"] == raw["train"]["epochs"]
+
+
+def test_plan_trains_a_run_once_across_studies(raw):
+    raw["studies"]["again"] = {"datasets": ["synthetic"], "models": ["unet"], "losses": ["ce"], "seeds": [0, 1]}
+    plan = Plan(validate_config(raw))
+    keys = [r.key for r in plan.runs]
+    assert keys == ["synthetic/unet/ce/s0", "synthetic/segnet/ce/s0", "synthetic/unet/ce/s1"]
+    assert plan.studies_of(plan.runs[0]) == ["unet_segnet", "again"]
+
+
+def test_schema_enums_match_registries():
+    from segbench.config import load_schema
+    from segbench.losses import available as losses
+    from segbench.models import available as models
+
+    schema = load_schema()
+    model_enum = schema["properties"]["models"]["additionalProperties"]["properties"]["arch"]["enum"]
+    loss_enum = schema["properties"]["losses"]["additionalProperties"]["properties"]["type"]["enum"]
+    assert sorted(model_enum) == sorted(models())
+    assert sorted(loss_enum) == sorted(losses())

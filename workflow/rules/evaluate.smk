@@ -1,0 +1,56 @@
+# Evaluation of each run's final model, and one profile per (model, classes, input size).
+
+
+rule evaluate:
+    input:
+        model=f"{RUN_DIR}/model.pt",
+        run=f"{RUN_DIR}/run.json",
+        manifest="results/data/{dataset}/manifest.csv",
+    output:
+        metrics=f"{RUN_DIR}/metrics.json",
+        confusion=f"{RUN_DIR}/confusion.npy",
+        samples=f"{RUN_DIR}/samples.npz",
+    params:
+        data="results/data/{dataset}",
+        out=RUN_DIR,
+        batch=CFG["eval"]["batch_size"],
+        samples=CFG["eval"]["samples"],
+    log:
+        "results/logs/evaluate/{dataset}/{model}/{loss}/s{seed}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "{SEGBENCH} evaluate {params.out} --data {params.data} --batch-size {params.batch} "
+        "--samples {params.samples} --threads {threads} > {log} 2>&1"
+
+
+rule profile:
+    output:
+        "results/profiles/{model}-c{classes}-{height}x{width}.json",
+    params:
+        spec=lambda w: json.dumps(PLAN.model_spec(w.model), sort_keys=True),
+        warmup=CFG["profile"]["warmup"],
+        iterations=CFG["profile"]["iterations"],
+    log:
+        "results/logs/profile/{model}-c{classes}-{height}x{width}.log",
+    wildcard_constraints:
+        classes=r"\d+",
+        height=r"\d+",
+        width=r"\d+",
+    # all cores: timings are taken with nothing else running
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "{SEGBENCH} profile --model-spec {params.spec:q} --classes {wildcards.classes} "
+        "--size {wildcards.height}x{wildcards.width} --warmup {params.warmup} "
+        "--iterations {params.iterations} --threads {threads} --out {output} > {log} 2>&1"

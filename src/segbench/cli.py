@@ -55,10 +55,11 @@ def cmd_prepare(a) -> int:
     from segbench.data.prepare import prepare_cityscapes
 
     if a.dataset in ("cityscapes", "synthetic"):
-        info = prepare_cityscapes(a.root, a.out, label_set=a.labels, progress=not a.quiet)
+        info = prepare_cityscapes(a.root, a.out, label_set=a.labels, dataset=a.name or a.dataset,
+                                  progress=not a.quiet)
     else:  # argparse's choices make this unreachable
         raise SystemExit(f"unknown dataset {a.dataset}")
-    print(f"prepared {a.dataset} from {a.root} into {a.out}: {info}")
+    print(f"prepared {a.dataset} from {a.root} into {a.out}: {info['splits']}")
     return 0
 
 
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--root", required=True, help="the dataset's root folder")
     sp.add_argument("--out", required=True, help="output folder (manifest.csv, labels/, meta.json)")
     sp.add_argument("--labels", choices=["trainId", "category"], default="trainId")
+    sp.add_argument("--name", help="the dataset's name in meta.json (default: DATASET)")
     sp.add_argument("--quiet", action="store_true")
 
     sp = add("train", cmd_train, "train one run from its resolved spec")

@@ -1,6 +1,7 @@
 # Validation of the config, the plan of runs, and the helpers every rule uses.
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -10,8 +11,7 @@ SRC = str(Path(workflow.basedir) / "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 # jobs run `python -m segbench` from this checkout, whatever environment executes them
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+shell.prefix(f"export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}} NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg; ")
 
 from segbench.config import ConfigError, validate_config
 from segbench.plan import Plan, Run
@@ -22,7 +22,6 @@ except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
 PLAN = Plan(CFG)
-SEGBENCH = "python -m segbench"
 ENV = "../../envs/segbench.yaml"
 RUN_DIR = "results/runs/{dataset}/{model}/{loss}/s{seed}"
 MLFLOW = CFG["mlflow"]["enabled"]
@@ -54,3 +53,34 @@ def all_outputs():
     if MLFLOW:
         out += [f"results/mlflow/studies/{s}.json" for s in PLAN.studies]
     return out
+
+
+def _generate_params(w):
+    g = PLAN.dataset(w.dataset)["generate"]
+    return f"--seed {g['seed']} --train {g['train']} --val {g['val']} --height {g['height']} --width {g['width']}"
+
+
+def _prepare_input(w):
+    ds = PLAN.dataset(w.dataset)
+    return {"raw": f"results/data/{w.dataset}/raw"} if ds["source"] == "synthetic" else {}
+
+
+def _prepare_root(w):
+    ds = PLAN.dataset(w.dataset)
+    return f"results/data/{w.dataset}/raw" if ds["source"] == "synthetic" else ds["root"]
+
+
+def _report_runs(w):
+    return [
+        {"run_key": r.key, "dataset": r.dataset, "model": r.model, "loss": r.loss, "seed": r.seed,
+         "run_dir": r.dir, "profile": PLAN.profile_path(r)}
+        for r in study_runs(w.study)
+    ]
+
+
+def _report_inputs(w):
+    files = []
+    for r in study_runs(w.study):
+        files += [f"{r.dir}/{f}" for f in ("run.json", "history.csv", "metrics.json", "samples.npz")]
+        files.append(PLAN.profile_path(r))
+    return files

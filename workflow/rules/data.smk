@@ -2,11 +2,6 @@
 # results/data/{dataset}/manifest.csv + train-id label PNGs.
 
 
-def _generate_params(w):
-    g = PLAN.dataset(w.dataset)["generate"]
-    return f"--seed {g['seed']} --train {g['train']} --val {g['val']} --height {g['height']} --width {g['width']}"
-
-
 rule generate_synthetic:
     output:
         directory("results/data/{dataset}/raw"),
@@ -21,17 +16,7 @@ rule generate_synthetic:
     conda:
         ENV
     shell:
-        "{SEGBENCH} generate {output} {params.args} > {log} 2>&1"
-
-
-def _prepare_input(w):
-    ds = PLAN.dataset(w.dataset)
-    return {"raw": f"results/data/{w.dataset}/raw"} if ds["source"] == "synthetic" else {}
-
-
-def _prepare_root(w):
-    ds = PLAN.dataset(w.dataset)
-    return f"results/data/{w.dataset}/raw" if ds["source"] == "synthetic" else ds["root"]
+        "python -m segbench generate {output} {params.args} > {log} 2>&1"
 
 
 rule prepare:
@@ -44,7 +29,7 @@ rule prepare:
         source=lambda w: PLAN.dataset(w.dataset)["source"],
         root=_prepare_root,
         labels=lambda w: PLAN.dataset(w.dataset)["labels"],
-        out=lambda w: f"results/data/{w.dataset}",
+        out=lambda w, output: os.path.dirname(output.manifest),
     log:
         "results/logs/prepare/{dataset}.log",
     threads: 1
@@ -54,5 +39,5 @@ rule prepare:
     conda:
         ENV
     shell:
-        "{SEGBENCH} prepare {params.source} --root {params.root:q} --out {params.out} "
-        "--labels {params.labels} > {log} 2>&1"
+        "python -m segbench prepare {params.source} --root {params.root:q} --out {params.out} "
+        "--labels {params.labels} --name {wildcards.dataset} > {log} 2>&1"

@@ -11,8 +11,8 @@ rule evaluate:
         confusion=f"{RUN_DIR}/confusion.npy",
         samples=f"{RUN_DIR}/samples.npz",
     params:
-        data="results/data/{dataset}",
-        out=RUN_DIR,
+        data=lambda w, input: os.path.dirname(input.manifest),
+        run_dir=lambda w, input: os.path.dirname(input.run),
         batch=CFG["eval"]["batch_size"],
         samples=CFG["eval"]["samples"],
     log:
@@ -25,7 +25,7 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "{SEGBENCH} evaluate {params.out} --data {params.data} --batch-size {params.batch} "
+        "python -m segbench evaluate {params.run_dir} --data {params.data} --batch-size {params.batch} "
         "--samples {params.samples} --threads {threads} > {log} 2>&1"
 
 
@@ -51,6 +51,6 @@ rule profile:
     conda:
         ENV
     shell:
-        "{SEGBENCH} profile --model-spec {params.spec:q} --classes {wildcards.classes} "
+        "python -m segbench profile --model-spec {params.spec:q} --classes {wildcards.classes} "
         "--size {wildcards.height}x{wildcards.width} --warmup {params.warmup} "
         "--iterations {params.iterations} --threads {threads} --out {output} > {log} 2>&1"

@@ -18,7 +18,7 @@ rule mlflow_init:
     conda:
         ENV
     shell:
-        "{SEGBENCH} track-init {params.studies} --tracking-uri {params.uri:q} "
+        "python -m segbench track-init {params.studies} --tracking-uri {params.uri:q} "
         "--artifact-root results/mlartifacts --out {output} > {log} 2>&1"
 
 
@@ -34,7 +34,7 @@ rule track_run:
     params:
         studies=lambda w: " ".join(f"--study {s}" for s in PLAN.studies_of(run_of(w))),
         uri=TRACKING_URI,
-        run_dir=RUN_DIR,
+        run_dir=lambda w, input: os.path.dirname(input.run),
     log:
         "results/logs/mlflow/runs/{dataset}/{model}/{loss}/s{seed}.log",
     threads: 1
@@ -44,7 +44,7 @@ rule track_run:
     conda:
         ENV
     shell:
-        "{SEGBENCH} track {params.run_dir} {params.studies} --tracking-uri {params.uri:q} "
+        "python -m segbench track {params.run_dir} {params.studies} --tracking-uri {params.uri:q} "
         "--profile {input.profile} --out {output} > {log} 2>&1"
 
 
@@ -57,6 +57,7 @@ rule track_study:
         "results/mlflow/studies/{study}.json",
     params:
         uri=TRACKING_URI,
+        dir=lambda w, input: os.path.dirname(os.path.dirname(input.report)),
     log:
         "results/logs/mlflow/studies/{study}.log",
     threads: 1
@@ -66,5 +67,5 @@ rule track_study:
     conda:
         ENV
     shell:
-        "{SEGBENCH} track-study {wildcards.study} --dir results/studies/{wildcards.study} "
+        "python -m segbench track-study {wildcards.study} --dir {params.dir} "
         "--tracking-uri {params.uri:q} --out {output} > {log} 2>&1"

@@ -12,8 +12,8 @@ rule train:
         run=f"{RUN_DIR}/run.json",
     params:
         spec=run_spec_json,
-        data="results/data/{dataset}",
-        out=RUN_DIR,
+        data=lambda w, input: os.path.dirname(input.manifest),
+        out=lambda w, output: os.path.dirname(output.run),
     log:
         "results/logs/train/{dataset}/{model}/{loss}/s{seed}.log",
     threads: lambda w: min(PLAN.train_spec(w.dataset, w.model)["threads"], workflow.cores)
@@ -24,5 +24,5 @@ rule train:
     conda:
         ENV
     shell:
-        "{SEGBENCH} train --spec {params.spec:q} --data {params.data} --out {params.out} "
+        "python -m segbench train --spec {params.spec:q} --data {params.data} --out {params.out} "
         "--threads {threads} > {log} 2>&1"

@@ -86,7 +86,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             out = self.transform(image=image, mask=label)
             image, label = out["image"], out["mask"]
-        return to_tensor(image), torch.from_numpy(np.ascontiguousarray(label)).long(), index
+        return to_tensor(image), torch.from_numpy(np.array(label, dtype=np.int64)), index
 
 
 def seed_worker(worker_id: int) -> None:

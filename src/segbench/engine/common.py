@@ -20,11 +20,12 @@ def setup_torch(threads: int | None, deterministic: bool = True) -> torch.device
     return torch.device("cpu")
 
 
-def progress_kwargs() -> dict:
-    """tqdm settings: live bars on a terminal, sparse lines in a log file."""
+def progress_kwargs(enabled: bool = True) -> dict:
+    """tqdm settings: live bars on a terminal, sparse lines in a log file; none when
+    ``enabled`` is false or SEGBENCH_NO_PROGRESS=1."""
     tty = sys.stderr.isatty()
     return {"mininterval": 0.2 if tty else 10.0, "dynamic_ncols": tty, "file": sys.stderr,
-            "disable": os.environ.get("SEGBENCH_NO_PROGRESS") == "1"}
+            "disable": not enabled or os.environ.get("SEGBENCH_NO_PROGRESS") == "1"}
 
 
 def synchronize(device: torch.device) -> None:

@@ -47,8 +47,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int =
     kept = {"images": [], "labels": [], "preds": [], "names": []}
     t0, pixels = time.time(), 0
     with torch.inference_mode():
-        for images, labels, idx in tqdm(loader, desc="evaluate", unit="batch", disable=not progress,
-                                        **progress_kwargs()):
+        for images, labels, idx in tqdm(loader, desc="evaluate", unit="batch", **progress_kwargs(progress)):
             images, labels = images.to(device), labels.to(device)
             pred = model(images).argmax(1)
             conf += confusion_matrix(pred, labels, num_classes)

@@ -154,8 +154,7 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
         model.train()
         conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
         loss_sum, n_batches = 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress,
-                   **progress_kwargs())
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", **progress_kwargs(progress))
         for step, (images, labels, idx) in enumerate(bar):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if device.type == "cuda":
@@ -163,7 +162,7 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                 logits = model(images)
             loss = loss_fn(logits, labels)
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss.detach()):
                 names = [train_ds.name(int(i)) for i in idx]
                 raise NonFiniteLoss(
                     f"loss is {float(loss)} at epoch {epoch + 1}, step {step} (batch: {', '.join(names)}); "
@@ -173,7 +172,7 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
             scaler.step(opt)
             scaler.update()
             sched.step()
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
             n_batches += 1
             conf += confusion_matrix(logits.detach().argmax(1), labels, num_classes)
             bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}")

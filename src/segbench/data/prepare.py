@@ -1,0 +1,237 @@
+"""Prepare a Cityscapes tree (real or synthetic) for training and evaluation.
+
+Reads the Cityscapes on-disk layout (Cordts et al., CVPR 2016; ``cityscapesscripts``)::
+
+    {root}/leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png   RGB image
+    {root}/gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png     8-bit label ids 0..33
+
+and writes, as ``docs/outputs.md`` specifies, under ``out``:
+
+* ``labels/{split}/{city}_{seq}_{frame}_gtFine_labelTrainIds.png`` - the 19 train ids
+  (``label_set="trainId"``), or ``..._gtFine_labelCategoryIds.png`` - the 7 scored
+  categories (``label_set="category"``); 255 = ignore. The conversion follows the label
+  table in :mod:`segbench.data.cityscapes_labels`.
+* ``meta.json`` - dataset, num_classes, class_names, palette, ignore_index, splits, source.
+* ``manifest.csv`` - ``split,image,label,city``; paths relative to ``out``. Images are not
+  copied: ``image`` points into ``root``.
+
+Every input is checked before anything is trusted, and all problems are reported together
+in one :class:`~segbench.data.DataError`: a missing or empty split folder, an image without
+its label (and the reverse), image / label size mismatch, a label PNG that is not
+single-channel 8-bit, and label values that are not Cityscapes label ids (0..33). Images are
+only opened up to their header (size), not decoded.
+
+Each file is written atomically; an existing manifest is removed first and the new one is
+written last, so a manifest exists only after a complete, successful run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from segbench.data import DataError
+from segbench.data.cityscapes_labels import (
+    CATEGORY_CLASSES,
+    CATEGORY_PALETTE,
+    IGNORE_INDEX,
+    TRAIN_CLASSES,
+    TRAIN_PALETTE,
+    VALID_IDS,
+    id_to_category_lut,
+    id_to_train_id_lut,
+)
+from segbench.io import atomic_path, write_json, write_text
+
+__all__ = ["prepare_cityscapes", "IMAGE_SUFFIX", "LABEL_SUFFIX", "OUTPUT_SUFFIX"]
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+#: suffix of the converted label files, per label set
+OUTPUT_SUFFIX = {"trainId": "_gtFine_labelTrainIds.png", "category": "_gtFine_labelCategoryIds.png"}
+MANIFEST_COLUMNS = ("split", "image", "label", "city")
+_MAX_ID = max(VALID_IDS)
+_MODE_NAMES = {
+    "1": "1-bit", "I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit integer",
+    "F": "32-bit float", "LA": "2-channel (grey + alpha)", "RGB": "3-channel RGB", "RGBA": "4-channel RGBA",
+}
+
+
+def _find(folder: Path, suffix: str) -> dict[str, Path]:
+    """stem -> file for every ``{city}/{stem}{suffix}`` in ``folder``."""
+    found: dict[str, Path] = {}
+    for p in sorted(folder.glob(f"*/*{suffix}")):
+        found.setdefault(f"{p.parent.name}/{p.name[: -len(suffix)]}", p)
+    return found
+
+
+def _scan_split(root: Path, split: str, problems: list[str]) -> list[tuple[str, str, Path, Path]]:
+    """Pair images and labels of one split: [(city, stem, image, label)], problems appended."""
+    img_dir = root / "leftImg8bit" / split
+    lab_dir = root / "gtFine" / split
+    ok = True
+    for folder, suffix in ((img_dir, IMAGE_SUFFIX), (lab_dir, LABEL_SUFFIX)):
+        if not folder.is_dir():
+            problems.append(f"split '{split}': folder {folder} is missing")
+            ok = False
+    if not ok:
+        return []
+    images = _find(img_dir, IMAGE_SUFFIX)
+    labels = _find(lab_dir, LABEL_SUFFIX)
+    if not images:
+        problems.append(f"split '{split}': no {{city}}/*{IMAGE_SUFFIX} files in {img_dir}")
+    if not labels:
+        problems.append(f"split '{split}': no {{city}}/*{LABEL_SUFFIX} files in {lab_dir}")
+    if not images or not labels:
+        return []
+    pairs = []
+    for key, img in images.items():
+        city, stem = key.split("/", 1)
+        lab = labels.get(key)
+        if lab is None:
+            problems.append(f"{img}: image without a label file (expected {lab_dir / city / (stem + LABEL_SUFFIX)})")
+        else:
+            pairs.append((city, stem, img, lab))
+    for key, lab in labels.items():
+        if key not in images:
+            city, stem = key.split("/", 1)
+            problems.append(f"{lab}: label without an image (expected {img_dir / city / (stem + IMAGE_SUFFIX)})")
+    seen: dict[str, str] = {}
+    for city, stem, img, _ in pairs:
+        if stem in seen:
+            problems.append(f"{img}: file name {stem} also exists in city '{seen[stem]}' of split '{split}'; "
+                            "output labels of a split share one folder, so names must be unique")
+        seen[stem] = city
+    return pairs
+
+
+def _check_pair(img: Path, lab: Path, problems: list[str]) -> np.ndarray | None:
+    """The label ids of a valid pair, or None (problems appended)."""
+    try:
+        with Image.open(img) as im:
+            img_size = im.size
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a data problem
+        problems.append(f"{img}: cannot read image ({e.__class__.__name__}: {e})")
+        return None
+    try:
+        with Image.open(lab) as lb:
+            lab_size, mode = lb.size, lb.mode
+            if mode not in ("L", "P"):
+                what = _MODE_NAMES.get(mode, f"mode {mode}")
+                problems.append(f"{lab}: label PNG is {what} (mode {mode}); expected single-channel 8-bit "
+                                "(mode L) holding Cityscapes label ids - use the *_gtFine_labelIds.png files, "
+                                "not *_color.png or *_instanceIds.png")
+                return None
+            arr = np.asarray(lb)
+    except Exception as e:  # noqa: BLE001
+        problems.append(f"{lab}: cannot read label ({e.__class__.__name__}: {e})")
+        return None
+    if lab_size != img_size:
+        problems.append(f"{lab}: label size {lab_size[0]}x{lab_size[1]} differs from image {img.name} "
+                        f"size {img_size[0]}x{img_size[1]} (width x height)")
+        return None
+    counts = np.bincount(arr.ravel(), minlength=256)
+    bad = np.nonzero(counts[_MAX_ID + 1:])[0] + _MAX_ID + 1
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+        word = "id" if bad.size == 1 else "ids"
+        problems.append(f"{lab}: contains label {word} {shown} (valid ids: 0..{_MAX_ID}); "
+                        "is this a labelIds file from gtFine?")
+        return None
+    return arr
+
+
+def prepare_cityscapes(
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    label_set: str = "trainId",
+    splits: Sequence[str] = ("train", "val"),
+    dataset: str = "cityscapes",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Convert the Cityscapes tree at ``root`` into ``out/{labels/, meta.json, manifest.csv}``.
+
+    ``label_set`` is ``"trainId"`` (19 classes) or ``"category"`` (7 categories); ``dataset``
+    is the name recorded in ``meta.json``. Returns the ``meta.json`` content. Raises
+    :class:`DataError` listing every problem found in the input (nothing is written to
+    the manifest then), and ``ValueError`` for a bad argument.
+    """
+    if label_set not in OUTPUT_SUFFIX:
+        raise ValueError(f"label_set must be one of {sorted(OUTPUT_SUFFIX)}, got {label_set!r}")
+    if isinstance(splits, str) or not splits:
+        raise ValueError(f"splits must be a non-empty sequence of split names, got {splits!r}")
+    root_p = Path(root).absolute()
+    out_p = Path(out).absolute()
+    if not root_p.is_dir():
+        raise DataError(f"Cityscapes root {root_p} does not exist or is not a folder; point it at the folder "
+                        "that holds leftImg8bit/ and gtFine/")
+    manifest_path = out_p / "manifest.csv"
+    meta_path = out_p / "meta.json"
+    manifest_path.unlink(missing_ok=True)  # a manifest must only ever describe a complete run
+    meta_path.unlink(missing_ok=True)
+
+    if label_set == "trainId":
+        lut, names, palette = id_to_train_id_lut(), TRAIN_CLASSES, TRAIN_PALETTE
+    else:
+        lut, names, palette = id_to_category_lut(), CATEGORY_CLASSES, CATEGORY_PALETTE
+    suffix = OUTPUT_SUFFIX[label_set]
+
+    problems: list[str] = []
+    pairs_by_split = {split: _scan_split(root_p, split, problems) for split in splits}
+    rows: list[tuple[str, str, str, str]] = []
+    written: dict[str, set[Path]] = {split: set() for split in splits}
+    for split, pairs in pairs_by_split.items():
+        it: Any = pairs
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(pairs, desc=f"prepare {split}", unit="img")
+        for city, stem, img, lab in it:
+            ids = _check_pair(img, lab, problems)
+            if ids is None or problems:  # once anything is wrong, only keep checking
+                continue
+            dst = out_p / "labels" / split / f"{stem}{suffix}"
+            with atomic_path(dst) as tmp:
+                Image.fromarray(lut[ids]).save(tmp, format="PNG")
+            written[split].add(dst)
+            rows.append((split, Path(os.path.relpath(img, out_p)).as_posix(),
+                         Path(os.path.relpath(dst, out_p)).as_posix(), city))
+    if problems:
+        raise DataError.from_problems(
+            f"Cityscapes tree {root_p} cannot be prepared",
+            problems,
+            "Each leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png needs gtFine/{split}/{city}/"
+            "{stem}_gtFine_labelIds.png of the same size holding label ids 0..33. Fix or remove the files "
+            "listed (re-extracting the archives helps for a real copy), then run again.",
+        )
+
+    # drop converted labels of this label set that an earlier run left and this one did not write
+    for split in splits:
+        for p in (out_p / "labels" / split).glob(f"*{suffix}"):
+            if p not in written[split]:
+                p.unlink()
+
+    meta: dict[str, Any] = {
+        "dataset": dataset,
+        "num_classes": len(names),
+        "class_names": list(names),
+        "palette": [list(c) for c in palette],
+        "ignore_index": IGNORE_INDEX,
+        "splits": {split: len(written[split]) for split in splits},
+        "source": str(root_p),
+    }
+    write_json(meta_path, meta)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerows(rows)
+    write_text(manifest_path, buf.getvalue())  # last: its presence means the run completed
+    return meta

@@ -1,0 +1,532 @@
+"""Per-study figures: training curves, speed vs accuracy, per-class IoU, qualitative grid.
+
+Every figure is drawn on a bare ``matplotlib.figure.Figure`` (Agg canvas, no pyplot, no
+global backend switch) and written atomically as a PNG. Nothing here imports torch or
+mlflow. ``build_study_report`` writes a study's tables and figures in one call.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
+from segbench.io import atomic_path
+from segbench.report.tables import (
+    RunLike,
+    as_run,
+    collect_runs,
+    read_history,
+    read_metrics,
+    read_run_json,
+    run_file,
+    run_label,
+    write_tables,
+)
+
+DPI = 120
+IGNORE_INDEX = 255
+_RC = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
+    return path
+
+
+def _colours(n: int) -> list:
+    if n <= 10:
+        cmap = matplotlib.colormaps["tab10"]
+        return [cmap(i) for i in range(n)]
+    if n <= 20:
+        cmap = matplotlib.colormaps["tab20"]
+        return [cmap(i) for i in range(n)]
+    cmap = matplotlib.colormaps["turbo"]
+    return [cmap(x) for x in np.linspace(0.05, 0.95, n)]
+
+
+def _runs(runs: Iterable[RunLike]) -> list[dict]:
+    out = [as_run(r) for r in runs]
+    if not out:
+        raise ValueError("no runs to plot")
+    return out
+
+
+def _multi_dataset(runs: Sequence[Mapping[str, Any]]) -> bool:
+    return len({r["dataset"] for r in runs}) > 1
+
+
+# --------------------------------------------------------------------------- curves
+
+_PANELS = (
+    ("loss", "loss", 1.0, "loss"),
+    ("mIoU", "mIoU", 100.0, "mIoU (%)"),
+    ("aAcc", "pixel accuracy", 100.0, "pixel accuracy (%)"),
+)
+
+
+def training_curves(runs: Iterable[RunLike], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Loss, mIoU and pixel accuracy per epoch from each run's history.csv.
+
+    Train dashed, val solid, one colour per run; legend labels ``model / loss / s{seed}``
+    (prefixed by the dataset when the runs span several).
+    """
+    runs = _runs(runs)
+    multi = _multi_dataset(runs)
+    hists = [read_history(r) for r in runs]
+    colours = _colours(len(runs))
+    max_epochs = max((len(h) for h in hists), default=0)
+    marker = "o" if max_epochs <= 30 else None
+    labels = [run_label(r, multi) for r in runs]
+    width = 13.0
+    # legend columns as wide as the longest label (about 5.5 pt a character at 8 pt)
+    col_pt = 5.2 * max(len(l) for l in labels) + 30
+    ncols = max(1, min(len(labels), int(width * 72 * 0.95 // col_pt)))
+    legend_rows = math.ceil(len(labels) / ncols)
+    with matplotlib.rc_context(_RC):
+        fig = _figure(width, 4.1 + 0.2 * legend_rows)
+        axes = fig.subplots(1, 3)
+        for ax, (key, name, scale, ylabel) in zip(axes, _PANELS):
+            for run, hist, colour in zip(runs, hists, colours):
+                for split, style in (("train", "--"), ("val", "-")):
+                    col = f"{split}_{key}"
+                    if col not in hist.columns:
+                        continue
+                    h = hist[["epoch", col]].dropna()
+                    if h.empty:
+                        continue
+                    ax.plot(
+                        h["epoch"], h[col] * scale, linestyle=style, color=colour,
+                        marker=marker, markersize=3, linewidth=1.4,
+                        alpha=0.75 if split == "train" else 1.0,
+                    )
+            ax.set_title(name)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(True, alpha=0.3)
+        style = [
+            Line2D([], [], color="0.3", linestyle="--", label="train"),
+            Line2D([], [], color="0.3", linestyle="-", label="val"),
+        ]
+        axes[0].legend(handles=style, loc="best", frameon=True, framealpha=0.8)
+        handles = [
+            Line2D([], [], color=c, linewidth=2.5, label=l) for l, c in zip(labels, colours)
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False)
+        if title:
+            fig.suptitle(title)
+        return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- speed / accuracy
+
+
+_LABEL_BOX = dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.75)
+
+
+def _place_labels(fig: Figure, ax, points: list[tuple[float, float, str, Any]]) -> None:
+    """Annotate points with labels that neither overlap each other nor leave the axes.
+
+    Greedy: labels start up-right of their point (left of it near the right edge), then,
+    lowest first, each is pushed up past any label already placed that it overlaps; a
+    moved label gets a thin leader line to its point.
+    """
+    if not points:
+        return
+    fig.draw_without_rendering()  # settle the layout so display coordinates are final
+    renderer = fig.canvas.get_renderer()
+    px_per_pt = fig.dpi / 72.0
+    ax_box = ax.get_window_extent(renderer)
+    anns, offsets = [], []
+    for x, y, text, colour in points:
+        ann = ax.annotate(text, (x, y), xytext=(5, 4), textcoords="offset points",
+                          fontsize=8, color=colour, ha="left", va="bottom", bbox=_LABEL_BOX)
+        offset = (5, 4)
+        if ann.get_window_extent(renderer).x1 > ax_box.x1:
+            offset = (-5, 4)
+            ann.xyann = offset
+            ann.set_horizontalalignment("right")
+        anns.append(ann)
+        offsets.append(offset)
+    boxes = [a.get_window_extent(renderer) for a in anns]
+    order = sorted(range(len(anns)), key=lambda i: (boxes[i].y0, boxes[i].x0))
+    placed: list = []
+    for i in order:
+        b = boxes[i]
+        dy, moved = 0.0, True
+        while moved:
+            moved = False
+            for p in placed:
+                if b.x0 < p.x1 and b.x1 > p.x0 and b.y0 + dy < p.y1 and b.y1 + dy > p.y0:
+                    dy = p.y1 - b.y0 + 1.0
+                    moved = True
+        placed.append(b.translated(0, dy))
+        if dy > 0:
+            ann = anns[i]
+            props = dict(text=ann.get_text(), xy=ann.xy, textcoords="offset points",
+                         xytext=(offsets[i][0], offsets[i][1] + dy / px_per_pt),
+                         fontsize=8, color=ann.get_color(), va="bottom",
+                         ha=ann.get_horizontalalignment(), bbox=_LABEL_BOX)
+            ann.remove()
+            ax.annotate(**props, arrowprops=dict(arrowstyle="-", color="0.6", lw=0.6,
+                                                 shrinkA=0, shrinkB=4))
+    # make room at the top for labels pushed upwards
+    top = max(b.y1 for b in placed)
+    if top > ax_box.y1 - 2:
+        lo, hi = ax.get_ylim()
+        extra = (top - ax_box.y1 + 6) / max(ax_box.height, 1.0)
+        ax.set_ylim(lo, hi + (hi - lo) * extra)
+
+
+def _device_note(df: pd.DataFrame) -> str:
+    notes = []
+    if "device" not in df.columns:
+        return ""
+    cols = [c for c in ("device", "threads", "profile_size") if c in df.columns]
+    for vals in df[cols].drop_duplicates().itertuples(index=False):
+        d = dict(zip(cols, vals))
+        if d.get("device") is None or pd.isna(d.get("device")):
+            continue
+        note = str(d["device"])
+        thr = d.get("threads")
+        if thr is not None and not pd.isna(thr):
+            note += f", {int(thr)} thread{'s' if int(thr) != 1 else ''}"
+        if d.get("profile_size"):
+            note += f", input {d['profile_size']}"
+        notes.append(note)
+    return "; ".join(dict.fromkeys(notes))
+
+
+def speed_accuracy(df: pd.DataFrame, path: str | os.PathLike, title: str | None = None) -> Path:
+    """mIoU against fps and against MACs (G), one point per (dataset, model, loss).
+
+    Several seeds give the mean with a ±1 std error bar. Colour = model, marker = loss;
+    points are labelled ``model / loss``. The profile's device and threads go in the title.
+    """
+    need = {"dataset", "model", "loss", "mIoU", "fps", "MACs"}
+    missing = need - set(df.columns)
+    if missing:
+        raise ValueError(f"speed_accuracy: table lacks columns {sorted(missing)}")
+    g = df.groupby(["dataset", "model", "loss"], sort=False)
+    pts = g.agg(mIoU=("mIoU", "mean"), std=("mIoU", "std"), n=("mIoU", "size"),
+                fps=("fps", "mean"), MACs=("MACs", "mean")).reset_index()
+    multi = pts["dataset"].nunique() > 1
+    models = list(dict.fromkeys(pts["model"]))
+    losses = list(dict.fromkeys(pts["loss"]))
+    colour_of = dict(zip(models, _colours(len(models))))
+    markers = "os^Dvp*hX<>"
+    marker_of = {l: markers[i % len(markers)] for i, l in enumerate(losses)}
+    with matplotlib.rc_context(_RC):
+        fig = _figure(12.0, 4.8)
+        axes = fig.subplots(1, 2, sharey=True)
+        all_labels = []
+        for ax, (col, scale, xlabel) in zip(
+            axes, (("fps", 1.0, "throughput (fps, batch 1)"), ("MACs", 1e9, "MACs per image (G)"))
+        ):
+            labels = []
+            for _, p in pts.iterrows():
+                x, y = p[col] / scale, 100 * p["mIoU"]
+                if not (np.isfinite(x) and np.isfinite(y)):
+                    continue
+                c = colour_of[p["model"]]
+                yerr = 100 * p["std"] if p["n"] > 1 and np.isfinite(p["std"]) else None
+                ax.errorbar(x, y, yerr=yerr, fmt=marker_of[p["loss"]], color=c, markersize=7,
+                            capsize=3, elinewidth=1, markeredgecolor="white", markeredgewidth=0.6)
+                text = f"{p['model']} / {p['loss']}"
+                if multi:
+                    text = f"{p['dataset']}: {text}"
+                labels.append((x, y, text, c))
+            xs = [x for x, *_ in labels]
+            if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.margins(x=0.15, y=0.15)
+            ax.set_xlabel(xlabel)
+            ax.grid(True, alpha=0.3)
+            all_labels.append(labels)  # placed once the layout is known
+        axes[0].set_ylabel("mIoU (%)" + (" (mean ± std over seeds)" if (pts["n"] > 1).any() else ""))
+        head = title or "Accuracy vs cost"
+        note = _device_note(df)
+        fig.suptitle(head + (f"\nfps measured on {note}" if note else ""))
+        for ax, labels in zip(axes, all_labels):
+            _place_labels(fig, ax, labels)
+        return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- per-class IoU
+
+
+def per_class_iou(runs: Iterable[RunLike], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Heat map of per-class IoU (%), runs x classes, plus a mIoU column; NaN cells grey."""
+    runs = _runs(runs)
+    metrics = [read_metrics(r) for r in runs]
+    names = metrics[0].get("class_names") or [str(i) for i in range(len(metrics[0]["IoU"]))]
+    for r, m in zip(runs, metrics):
+        theirs = m.get("class_names") or [str(i) for i in range(len(m["IoU"]))]
+        if list(theirs) != list(names) or len(m["IoU"]) != len(names):
+            raise ValueError(
+                f"per_class_iou: run {r['run_key']} has classes {theirs} but "
+                f"{runs[0]['run_key']} has {names}; plot one dataset at a time"
+            )
+    multi = _multi_dataset(runs)
+    iou = np.array([m["IoU"] + [m["mIoU"]] for m in metrics], dtype=float) * 100
+    cols = list(names) + ["mIoU"]
+    row_labels = [run_label(r, multi) for r in runs]
+    n_rows, n_cols = iou.shape
+    label_in = 0.065 * max(len(s) for s in row_labels)
+    class_in = 0.07 * max(len(s) for s in cols)
+    width = max(6.0, 0.5 * n_cols + label_in + 1.6)
+    height = max(2.2, 0.36 * n_rows + class_in * 0.75 + 1.2)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
+    with matplotlib.rc_context(_RC):
+        fig = _figure(width, height)
+        ax = fig.subplots()
+        im = ax.imshow(np.ma.masked_invalid(iou), cmap=cmap, vmin=0, vmax=100, aspect="auto",
+                       interpolation="nearest")
+        for i in range(n_rows):
+            for j in range(n_cols):
+                v = iou[i, j]
+                if np.isnan(v):
+                    continue
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                        color="white" if v < 55 else "black",
+                        fontweight="bold" if j == n_cols - 1 else "normal")
+        ax.axvline(n_cols - 1.5, color="white", linewidth=3)
+        ax.set_xticks(range(n_cols), cols, rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_yticks(range(n_rows), row_labels)
+        ax.tick_params(length=0)
+        for s in ax.spines.values():
+            s.set_visible(False)
+        cb = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.01, fraction=0.04)
+        cb.set_label("IoU (%)")
+        head = title or "Per-class IoU (%) — grey: class absent from ground truth and prediction"
+        ax.set_title(textwrap.fill(head, max(30, int(width * 72 / 6.5))))
+        return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- qualitative
+
+
+def _lut(palette: Sequence[Sequence[int]] | None, n_classes: int) -> np.ndarray:
+    lut = np.zeros((256, 3), dtype=np.uint8)  # 255 (ignore) and unknown ids: black
+    if palette is None or len(palette) == 0:
+        cmap = matplotlib.colormaps["tab20"]
+        palette = [[int(255 * c) for c in cmap(i % 20)[:3]] for i in range(n_classes)]
+    pal = np.asarray(palette, dtype=np.int64).reshape(-1, 3)[:255]
+    lut[: len(pal)] = np.clip(pal, 0, 255).astype(np.uint8)
+    lut[IGNORE_INDEX] = 0
+    return lut
+
+
+def load_samples(run: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """samples.npz of a run: images [K,H,W,3], labels [K,H,W], preds [K,H,W], names [K]."""
+    path = run_file(run, "samples.npz")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in ("images", "labels", "preds", "names")}
+    except KeyError as e:
+        raise ValueError(f"run {run['run_key']}: {path} lacks array {e}") from None
+    out["names"] = np.asarray([str(n) for n in out["names"]])
+    k = len(out["names"])
+    for key in ("images", "labels", "preds"):
+        if len(out[key]) != k:
+            raise ValueError(f"run {run['run_key']}: {path}: {key} has {len(out[key])} samples, names {k}")
+    return out
+
+
+def _short(name: str, width: int = 18) -> str:
+    """A sample name without its extension and Cityscapes suffix, wrapped at ``_``."""
+    stem = Path(name).name
+    for suffix in (".png", ".jpg", "_leftImg8bit", "_gtFine_labelIds"):
+        stem = stem.removesuffix(suffix)
+    lines: list[str] = []
+    for part in stem.split("_"):
+        if lines and len(lines[-1]) + 1 + len(part) <= width:
+            lines[-1] += "_" + part
+        else:
+            lines.extend(textwrap.wrap(part, width) or [""])
+    return "\n".join(lines[:4]) or name
+
+
+def qualitative_grid(
+    runs: Iterable[RunLike],
+    path: str | os.PathLike,
+    palette: Sequence[Sequence[int]] | None = None,
+    max_samples: int = 4,
+    title: str | None = None,
+    all_seeds: bool = False,
+) -> Path:
+    """Rows = samples; columns = image, ground truth, each run's prediction.
+
+    Unless ``all_seeds``, only the first run given of each (model, loss) is shown (other
+    seeds add width, not information).
+
+    Label maps are coloured with ``palette`` (default: the first run's run.json palette),
+    255 (ignore) in black. Samples are matched by name across runs (all runs must be of one
+    dataset and hold the same samples). A legend lists the classes that appear.
+    """
+    runs = _runs(runs)
+    if _multi_dataset(runs):
+        raise ValueError("qualitative_grid: runs span several datasets; plot one dataset at a time")
+    if not all_seeds:
+        firsts: dict = {}
+        for r in runs:
+            firsts.setdefault((r["model"], r["loss"]), r)
+        runs = list(firsts.values())
+    info = read_run_json(runs[0])
+    class_names = list(info.get("class_names") or [])
+    if palette is None:
+        palette = info.get("palette")
+    samples = [load_samples(r) for r in runs]
+    names = list(samples[0]["names"][:max_samples])
+    if not names:
+        raise ValueError(f"qualitative_grid: run {runs[0]['run_key']} has no samples")
+    preds = []
+    for r, s in zip(runs, samples):
+        index = {n: i for i, n in enumerate(s["names"])}
+        lacking = [n for n in names if n not in index]
+        if lacking:
+            raise ValueError(
+                f"qualitative_grid: run {r['run_key']} has no sample {lacking[0]!r} "
+                f"(runs of one dataset must share their samples; re-run `segbench evaluate`)"
+            )
+        preds.append([s["preds"][index[n]] for n in names])
+    images = samples[0]["images"][: len(names)]
+    labels = samples[0]["labels"][: len(names)]
+    n_classes = len(class_names) or int(max(
+        [int(labels[labels != IGNORE_INDEX].max(initial=0))]
+        + [int(np.max(p)) for pr in preds for p in pr]
+    )) + 1
+    lut = _lut(palette, n_classes)
+    try:
+        metrics = [read_metrics(r) for r in runs]
+    except (FileNotFoundError, ValueError):
+        metrics = [None] * len(runs)
+
+    h, w = images.shape[1:3]
+    n_rows, n_cols = len(names), 2 + len(runs)
+    cell_w = min(2.4, 20.0 / n_cols)
+    cell_h = cell_w * h / w
+    col_titles = ["image", "ground truth"] + [
+        f"{r['model']}\n{r['loss']}\ns{r['seed']}"
+        + (f" · mIoU {100 * m['mIoU']:.1f}%" if m is not None and np.isfinite(m["mIoU"]) else "")
+        for r, m in zip(runs, metrics)
+    ]
+    present = set(np.unique(labels).tolist())
+    for pr in preds:
+        for p in pr:
+            present |= set(np.unique(p).tolist())
+    present = sorted(c for c in present if c != IGNORE_INDEX and c < n_classes)
+    legend_rows = math.ceil(len(present) / max(1, min(len(present), 2 * n_cols))) if present else 0
+    with matplotlib.rc_context(_RC):
+        fig = _figure(cell_w * n_cols + 1.3, cell_h * n_rows + 0.75 + 0.22 * legend_rows + (0.3 if title else 0))
+        axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+        for i in range(n_rows):
+            cells = [images[i], lut[labels[i]]] + [lut[pr[i]] for pr in preds]
+            for j, cell in enumerate(cells):
+                ax = axes[i, j]
+                ax.imshow(cell, interpolation="nearest" if j else "antialiased")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for s in ax.spines.values():
+                    s.set_visible(False)
+                if i == 0:
+                    ax.set_title(col_titles[j], fontsize=8 if cell_w >= 1.6 else 7)
+            axes[i, 0].set_ylabel(_short(names[i]), rotation=0, ha="right", va="center", fontsize=7)
+        if present:
+            handles = [
+                Patch(facecolor=lut[c] / 255.0, edgecolor="0.5", linewidth=0.4,
+                      label=class_names[c] if c < len(class_names) else str(c))
+                for c in present
+            ]
+            handles.append(Patch(facecolor="black", label="ignore (255)"))
+            fig.legend(handles=handles, loc="outside lower center",
+                       ncols=min(len(handles), 2 * n_cols), frameon=False, fontsize=7,
+                       handlelength=1.2, columnspacing=1.0)
+        if title:
+            fig.suptitle(title)
+        return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- study
+
+
+def expected_outputs(datasets: Sequence[str]) -> list[str]:
+    """Paths, relative to a study's folder, that ``build_study_report`` writes."""
+    datasets = list(dict.fromkeys(datasets))
+    out = ["tables/summary.csv", "tables/summary.md", "figures/curves.png",
+           "figures/speed_accuracy.png"]
+    suffixes = [""] if len(datasets) <= 1 else [f"_{d}" for d in datasets]
+    out += [f"figures/per_class_iou{s}.png" for s in suffixes]
+    out += [f"figures/qualitative{s}.png" for s in suffixes]
+    return out
+
+
+def build_study_report(study: str, runs: Iterable[RunLike], out_dir: str | os.PathLike) -> list[Path]:
+    """Write a study's tables and figures under ``out_dir``; return the written paths.
+
+    ``tables/summary.{csv,md}``, ``figures/curves.png``, ``figures/speed_accuracy.png``,
+    and ``figures/per_class_iou.png`` + ``figures/qualitative.png`` — one of each per
+    dataset, suffixed ``_{dataset}``, when the runs span several datasets. Every input
+    file is checked before anything is written.
+    """
+    out_dir = Path(out_dir)
+    runs = _runs(runs)
+    df = collect_runs(runs)  # checks run.json, history.csv, metrics.json and profiles
+    for r in runs:
+        run_file(r, "samples.npz")
+    datasets = list(dict.fromkeys(r["dataset"] for r in runs))
+    figs = out_dir / "figures"
+    written = write_tables(df, out_dir / "tables", title=f"Study `{study}`")
+    written.append(training_curves(runs, figs / "curves.png", title=f"Study {study}: training curves"))
+    written.append(speed_accuracy(df, figs / "speed_accuracy.png",
+                                  title=f"Study {study}: accuracy vs cost"))
+    for ds in datasets:
+        sub = [r for r in runs if r["dataset"] == ds]
+        suffix = "" if len(datasets) == 1 else f"_{ds}"
+        written.append(per_class_iou(sub, figs / f"per_class_iou{suffix}.png",
+                                     title=f"Study {study}, {ds}: per-class IoU (%) — grey: class absent"))
+        written.append(qualitative_grid(sub, figs / f"qualitative{suffix}.png",
+                                        title=f"Study {study}, {ds}: validation samples"))
+    return written
+
+
+__all__ = [
+    "build_study_report",
+    "expected_outputs",
+    "load_samples",
+    "per_class_iou",
+    "qualitative_grid",
+    "speed_accuracy",
+    "training_curves",
+]

@@ -1,0 +1,383 @@
+"""Per-study tables: one row per run, read from the run directories and the profiles.
+
+Inputs follow docs/outputs.md: a run directory holds ``run.json``, ``history.csv``,
+``metrics.json`` (and ``samples.npz``); a profile json holds params, MACs, fps and size.
+Nothing here imports torch or mlflow.
+
+``summary.csv`` holds raw numbers (metrics as fractions in [0, 1], params and MACs as
+counts, fps, MB); ``summary.md`` is the readable version (metrics in %, params in M,
+MACs in G), with a mean ± std table when a (dataset, model, loss) has several seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from segbench.io import write_text
+
+#: the metrics of metrics.json shown in the tables (fractions in [0, 1])
+METRICS = ("mIoU", "aAcc", "mAcc", "mDice")
+#: the cost columns, from the profile
+COSTS = ("params", "MACs", "fps", "MB")
+KEYS = ("dataset", "model", "loss", "seed")
+#: columns of summary.csv, in order
+SUMMARY_COLUMNS = (*KEYS, *METRICS, *COSTS, "run_key")
+
+#: which step writes each file, for the error raised when one is missing
+PRODUCERS = {
+    "run.json": "the train step — run `snakemake` / `segbench train`",
+    "history.csv": "the train step — run `snakemake` / `segbench train`",
+    "metrics.json": "the evaluate step — run `snakemake` / `segbench evaluate`",
+    "samples.npz": "the evaluate step — run `snakemake` / `segbench evaluate`",
+    "profile": "the profile step — run `snakemake` / `segbench profile`",
+}
+
+RunLike = Mapping[str, Any] | str | os.PathLike
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _missing(run_key: str, path: Path, what: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"run {run_key}: {path} not found; it is written by {PRODUCERS[what]} for this run"
+    )
+
+
+def run_file(run: Mapping[str, Any], name: str) -> Path:
+    """Path of ``name`` in the run's directory; FileNotFoundError naming the run and step."""
+    path = Path(run["run_dir"]) / name
+    if not path.is_file():
+        raise _missing(run.get("run_key", str(run["run_dir"])), path, name)
+    return path
+
+
+def _read_json(run_key: str, path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise _missing(run_key, path, what)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"run {run_key}: {path} is not valid JSON ({e})") from None
+
+
+def as_run(run: RunLike) -> dict:
+    """Normalise a run given as a dict (see ``collect_runs``) or as a run directory.
+
+    For a bare directory the keys are read from its ``run.json``.
+    """
+    if isinstance(run, Mapping):
+        out = dict(run)
+        if "run_dir" not in out:
+            raise ValueError(f"run {out.get('run_key', out)!r} has no 'run_dir'")
+        if "run_key" not in out:
+            if all(k in out for k in KEYS):
+                out["run_key"] = "{dataset}/{model}/{loss}/s{seed}".format(**out)
+            else:
+                out["run_key"] = str(out["run_dir"])
+        if not all(k in out for k in KEYS):
+            info = _read_json(out["run_key"], Path(out["run_dir"]) / "run.json", "run.json")
+            for k in KEYS:
+                out.setdefault(k, info[k])
+        return out
+    run_dir = Path(run)
+    info = _read_json(str(run_dir), run_dir / "run.json", "run.json")
+    out = {k: info[k] for k in KEYS}
+    out["run_key"] = info.get("run_key") or "{dataset}/{model}/{loss}/s{seed}".format(**out)
+    out["run_dir"] = str(run_dir)
+    return out
+
+
+def read_run_json(run: Mapping[str, Any]) -> dict:
+    return _read_json(run["run_key"], Path(run["run_dir"]) / "run.json", "run.json")
+
+
+def read_metrics(run: Mapping[str, Any]) -> dict:
+    """metrics.json with ``None`` IoUs (if any) turned into NaN."""
+    m = _read_json(run["run_key"], Path(run["run_dir"]) / "metrics.json", "metrics.json")
+    for k in METRICS:
+        if k not in m:
+            raise ValueError(f"run {run['run_key']}: metrics.json has no {k!r}")
+    m["IoU"] = [float("nan") if v is None else float(v) for v in m.get("IoU", [])]
+    return m
+
+
+def read_history(run: Mapping[str, Any]) -> pd.DataFrame:
+    path = Path(run["run_dir"]) / "history.csv"
+    if not path.is_file():
+        raise _missing(run["run_key"], path, "history.csv")
+    h = pd.read_csv(path)
+    if "epoch" not in h.columns:
+        raise ValueError(f"run {run['run_key']}: {path} has no 'epoch' column")
+    # a resumed run could repeat an epoch: keep the last record of each
+    return h.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+
+
+def read_profile(run: Mapping[str, Any]) -> dict:
+    if not run.get("profile"):
+        raise ValueError(f"run {run['run_key']}: no profile path given")
+    return _read_json(run["run_key"], Path(run["profile"]), "profile")
+
+
+def run_label(row: Mapping[str, Any], with_dataset: bool = False) -> str:
+    """``model / loss / s{seed}`` (prefixed by the dataset when asked)."""
+    label = f"{row['model']} / {row['loss']} / s{row['seed']}"
+    return f"{row['dataset']}: {label}" if with_dataset else label
+
+
+def _size(v: Any) -> str | None:
+    if v is None:
+        return None
+    try:
+        h, w = (int(x) for x in v)
+    except (TypeError, ValueError):
+        return str(v)
+    return f"{h}x{w}"
+
+
+def collect_runs(runs: Iterable[RunLike]) -> pd.DataFrame:
+    """One row per run: keys, metrics (fractions), costs, and where they came from.
+
+    Each run is a dict with ``run_key, dataset, model, loss, seed, run_dir, profile`` (the
+    report rule's ``--runs``). Columns: dataset, model, loss, seed, mIoU, aAcc, mAcc, mDice,
+    params, MACs, fps, MB, run_key, run_dir, then context: epochs (rows of history.csv),
+    train_seconds, eval_size and profile_size ("HxW"), device, threads (of the profile),
+    train_device (of run.json). A missing file raises FileNotFoundError naming the file,
+    the run key and the step that writes it.
+    """
+    rows = []
+    for spec in runs:
+        run = as_run(spec)
+        key = run["run_key"]
+        info = read_run_json(run)
+        for k in KEYS:
+            if k in info and str(info[k]) != str(run[k]):
+                raise ValueError(
+                    f"run {key}: run.json in {run['run_dir']} says {k}={info[k]!r}, "
+                    f"expected {run[k]!r} (stale run directory?)"
+                )
+        hist = read_history(run)
+        metrics = read_metrics(run)
+        prof = read_profile(run)
+        row = {k: run[k] for k in KEYS}
+        row["seed"] = int(row["seed"]) if str(row["seed"]).isdigit() else row["seed"]
+        row.update({k: _float(metrics[k]) for k in METRICS})
+        row.update(
+            params=_num(prof.get("params")),
+            MACs=_num(prof.get("macs")),
+            fps=_float(prof.get("fps")),
+            MB=_float(prof.get("size_mb")),
+        )
+        row.update(
+            run_key=key,
+            run_dir=str(run["run_dir"]),
+            epochs=len(hist),
+            train_seconds=_float(info.get("train_seconds")),
+            eval_size=_size(metrics.get("input_size")),
+            profile_size=_size(prof.get("input_size")),
+            device=prof.get("device"),
+            threads=prof.get("threads"),
+            train_device=info.get("device"),
+        )
+        rows.append(row)
+    if not rows:
+        raise ValueError("no runs to report")
+    return pd.DataFrame(rows)
+
+
+def _float(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _num(v: Any) -> float | int:
+    if v is None:
+        return float("nan")
+    f = float(v)
+    return int(f) if f.is_integer() else f
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The comparison table: one row per run, raw numbers, in the order the runs were given.
+
+    Columns ``SUMMARY_COLUMNS`` (metrics as fractions, params/MACs as counts).
+    """
+    return df.loc[:, list(SUMMARY_COLUMNS)].reset_index(drop=True)
+
+
+def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Mean and sample std (ddof=1) over seeds per (dataset, model, loss).
+
+    Returns None unless some (dataset, model, loss) has several seeds. Columns: dataset,
+    model, loss, seeds (count), ``{metric}_mean`` / ``{metric}_std`` for each metric (std
+    NaN for a single seed), and the costs (those of the first seed; they do not depend on
+    the seed).
+    """
+    groups = df.groupby(["dataset", "model", "loss"], sort=False)
+    if not (groups.size() > 1).any():
+        return None
+    out = groups.agg(
+        seeds=("seed", "size"),
+        **{f"{m}_{s}": (m, s) for m in METRICS for s in ("mean", "std")},
+        **{c: (c, "first") for c in COSTS},
+    )
+    return out.reset_index()
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _pct(v: float) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{100 * v:.2f}"
+
+
+def _pct_pm(mean: float, std: float) -> str:
+    if mean is None or math.isnan(mean):
+        return "n/a"
+    if std is None or math.isnan(std):
+        return f"{100 * mean:.2f}"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _scaled(v: float, scale: float, unit: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    x = v / scale
+    return f"{x:.3g}{unit}" if 0 < abs(x) < 0.01 else f"{x:.2f}{unit}"
+
+
+def _one(v: float) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{v:.1f}"
+
+
+def _fmt_costs(row: Mapping[str, Any]) -> dict:
+    return {
+        "params": _scaled(row["params"], 1e6, "M"),
+        "MACs": _scaled(row["MACs"], 1e9, "G"),
+        "fps": _one(row["fps"]),
+        "MB": _one(row["MB"]),
+    }
+
+
+def _markdown(table: pd.DataFrame, n_text: int) -> str:
+    align = ("left",) * n_text + ("right",) * (table.shape[1] - n_text)
+    # disable_numparse keeps "51.20" from becoming 51.2
+    return table.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def format_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """The per-run table as strings: metrics in % (2 decimals), params M, MACs G."""
+    rows = []
+    for _, r in summary_table(df).iterrows():
+        row = {k: str(r[k]) for k in KEYS}
+        row.update({f"{m} (%)": _pct(r[m]) for m in METRICS})
+        row.update(_fmt_costs(r))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_aggregate(agg: pd.DataFrame) -> pd.DataFrame:
+    """The mean ± std table as strings (metrics in %)."""
+    rows = []
+    for _, r in agg.iterrows():
+        row = {k: str(r[k]) for k in ("dataset", "model", "loss")}
+        row["seeds"] = str(int(r["seeds"]))
+        row.update({f"{m} (%)": _pct_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS})
+        row.update(_fmt_costs(r))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _context_line(df: pd.DataFrame) -> str:
+    """Datasets, and the input sizes accuracy and cost were measured at."""
+    parts = []
+    for ds, g in df.groupby("dataset", sort=False):
+        evals = sorted({s for s in g["eval_size"] if s})
+        profs = sorted({s for s in g["profile_size"] if s})
+        if evals and evals == profs:
+            sizes = f"input size {', '.join(evals)} (HxW)"
+        else:
+            sizes = (
+                f"evaluated at {', '.join(evals) or 'n/a'}, "
+                f"profiled at {', '.join(profs) or 'n/a'} (HxW)"
+            )
+        parts.append(f"**{ds}** — {sizes}")
+    devices = []
+    for dev, thr in df[["device", "threads"]].drop_duplicates().itertuples(index=False):
+        if dev is None or (isinstance(dev, float) and math.isnan(dev)):
+            continue
+        t = "" if thr is None or pd.isna(thr) else f", {int(thr)} thread{'s' if int(thr) != 1 else ''}"
+        devices.append(f"{dev}{t}")
+    line = "Dataset" + ("s" if len(parts) > 1 else "") + ": " + "; ".join(parts) + "."
+    if devices:
+        line += f" Speed (fps, batch 1) measured on {'; '.join(devices)}."
+    return line
+
+
+def summary_markdown(df: pd.DataFrame, title: str | None = None) -> str:
+    """summary.md: a first line with the dataset(s), input sizes and device; the per-run
+    table; and, when some (dataset, model, loss) has several seeds, a mean ± std table."""
+    first = _context_line(df)
+    if title:
+        first = f"**{title}** · {first}"
+    lines = [
+        first,
+        "",
+        "Metrics in % (2 decimals; `summary.csv` holds them as fractions in [0, 1]). "
+        "params in millions (M), MACs in 10^9 multiply-accumulates (G) per image, "
+        "fps at batch 1, MB = fp32 weights in 10^6 bytes.",
+        "",
+        _markdown(format_summary(df), len(KEYS)),
+        "",
+    ]
+    agg = aggregate_seeds(df)
+    if agg is not None:
+        lines += [
+            "## Mean ± std over seeds",
+            "",
+            "Sample standard deviation (n - 1); metrics in %.",
+            "",
+            _markdown(format_aggregate(agg), 4),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike, title: str | None = None) -> list[Path]:
+    """Write ``summary.csv`` (raw numbers) and ``summary.md`` into ``out_dir``, atomically."""
+    out_dir = Path(out_dir)
+    csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
+    write_text(csv_path, summary_table(df).to_csv(index=False, lineterminator="\n"))
+    write_text(md_path, summary_markdown(df, title))
+    return [csv_path, md_path]
+
+
+__all__ = [
+    "COSTS",
+    "METRICS",
+    "PRODUCERS",
+    "SUMMARY_COLUMNS",
+    "aggregate_seeds",
+    "as_run",
+    "collect_runs",
+    "format_aggregate",
+    "format_summary",
+    "read_history",
+    "read_metrics",
+    "read_profile",
+    "read_run_json",
+    "run_file",
+    "run_label",
+    "summary_markdown",
+    "summary_table",
+    "write_tables",
+]

@@ -1,0 +1,584 @@
+"""MLflow as a *view* of the run directories: rebuildable, idempotent, never the source of truth.
+
+Layout in the tracking store
+----------------------------
+* one experiment per study, named ``segbench-{study}`` (see :func:`experiment_name`), whose
+  artifact location is ``<artifact_root>/<study>`` (an absolute ``file://`` URI);
+* one MLflow run per (study, run key), named after the run key
+  (``synthetic/unet_small/ce/s0``) and tagged ``segbench.run_key``;
+* one study-level run per study, named ``study:{study}``, tagged ``segbench.kind=study`` and
+  ``segbench.study_run={study}``, holding the study's tables and figures.
+
+Idempotency
+-----------
+:func:`log_run` looks the run up by its ``segbench.run_key`` tag. With the same
+``segbench.config_hash`` the MLflow run is *updated*: per-epoch metrics are logged only for
+(key, step) pairs not yet in its history, summary metrics (``final_*``, ``profile_*``) only when
+absent or when their latest value changed, params already present are skipped, tags and
+artifacts are overwritten. With a different hash (the run was retrained with another config)
+the stale MLflow run is deleted (soft delete; ``mlflow gc`` reclaims its artifacts) and a fresh
+one is created. Logging the same directory any number of times gives the same store.
+
+Concurrency
+-----------
+A *fresh* sqlite store written by several processes at once dies in a migration race. Call
+:func:`init_store` once before fanning out. As a second line of defence every process takes
+an exclusive ``flock`` on ``<db>.lock`` around its first connection to a local sqlite store
+and around experiment creation, so the migrations run exactly once even if it was forgotten.
+
+Failures
+--------
+Any failure to reach or write the store raises :class:`TrackingError`, whose message names
+the tracking URI and how to re-sync later. The run directory is only ever read.
+
+``mlflow`` is imported lazily inside the functions: ``import segbench.tracking`` is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+__all__ = [
+    "TrackingError",
+    "default_tracking_uri",
+    "default_artifact_root",
+    "experiment_name",
+    "init_store",
+    "log_run",
+    "log_study",
+]
+
+EXPERIMENT_PREFIX = "segbench-"
+TAG_RUN_KEY = "segbench.run_key"
+TAG_CONFIG_HASH = "segbench.config_hash"
+TAG_KIND = "segbench.kind"
+TAG_STUDY_RUN = "segbench.study_run"
+
+# MLflow 3.x limits (mlflow.utils.validation); repeated here to avoid importing mlflow early.
+MAX_PARAM_VAL_LENGTH = 6000
+MAX_TAG_VAL_LENGTH = 8000
+MAX_KEY_LENGTH = 250
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000
+
+FINAL_METRICS = ("mIoU", "aAcc", "mAcc", "mDice")
+PROFILE_METRICS = ("params", "macs", "fps", "size_mb")
+# history.csv columns that are the step / timestamp, not metrics.
+HISTORY_INDEX_COLUMNS = ("epoch", "time")
+RUN_FILES = ("metrics.json", "history.csv", "run.json", "confusion.npy")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store could not be reached or written. The run's files are untouched."""
+
+
+# --------------------------------------------------------------------------- naming / URIs
+
+
+def default_tracking_uri(results_dir: str | os.PathLike) -> str:
+    """``sqlite:///<absolute results_dir>/mlflow.db``."""
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def default_artifact_root(tracking_uri: str) -> Path:
+    """``<db folder>/mlartifacts`` for a local sqlite store, else ``./mlartifacts``."""
+    db = _sqlite_path(tracking_uri)
+    base = db.parent if db is not None else Path.cwd()
+    return (base / "mlartifacts").resolve()
+
+
+def experiment_name(study: str) -> str:
+    """The MLflow experiment of a study: ``segbench-{study}``."""
+    return f"{EXPERIMENT_PREFIX}{study}"
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a local ``sqlite:///`` URI, else None."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    rest = tracking_uri[len(prefix):].split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest)  # "sqlite:////abs/x.db" -> "/abs/x.db"; "sqlite:///x.db" -> cwd-relative
+
+
+def _resync_hint(run_dir: str | os.PathLike | None, studies: Iterable[str] | None) -> str:
+    target = str(run_dir) if run_dir is not None else "RUN_DIR"
+    study_args = " ".join(f"--study {s}" for s in (studies or [])) or "--study STUDY"
+    return (
+        f"The files on disk are intact; re-sync later with `segbench track {target} {study_args}` "
+        "(or rerun snakemake) once the store is reachable."
+    )
+
+
+def _error(action: str, tracking_uri: str, exc: BaseException, run_dir=None, studies=None):
+    return TrackingError(
+        f"MLflow {action} failed for tracking URI {tracking_uri!r}: "
+        f"{type(exc).__name__}: {exc}. {_resync_hint(run_dir, studies)}"
+    )
+
+
+# --------------------------------------------------------------------------- store access
+
+
+@contextlib.contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """Exclusive flock beside a local sqlite db (no-op for other stores)."""
+    db = _sqlite_path(tracking_uri)
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _connect(tracking_uri: str):
+    """An MlflowClient whose store is open (migrations run under the lock on first use)."""
+    from mlflow import MlflowClient
+
+    # MlflowClient() opens the store, and opening a fresh sqlite store runs the migrations.
+    with _store_lock(tracking_uri):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        client.search_experiments(max_results=1)
+    return client
+
+
+def _experiment_id(client, tracking_uri: str, study: str, artifact_root: Path | None) -> str:
+    """Get (restoring if deleted) or create the study's experiment."""
+    from mlflow.entities import LifecycleStage
+
+    name = experiment_name(study)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        root = Path(artifact_root) if artifact_root is not None else default_artifact_root(tracking_uri)
+        location = (root.resolve() / study).as_uri()
+        with _store_lock(tracking_uri):
+            exp = client.get_experiment_by_name(name)  # another process may have won
+            if exp is None:
+                try:
+                    return client.create_experiment(
+                        name, artifact_location=location, tags={"segbench.study": study}
+                    )
+                except Exception:
+                    exp = client.get_experiment_by_name(name)
+                    if exp is None:
+                        raise
+    if exp.lifecycle_stage == LifecycleStage.DELETED:
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def init_store(
+    tracking_uri: str, studies: list[str], artifact_root: str | os.PathLike
+) -> dict[str, str]:
+    """Create the store (running its migrations once) and one experiment per study.
+
+    Experiments are named ``segbench-{study}`` with artifact location
+    ``file://<artifact_root>/<study>``; existing ones are reused (restored if deleted, their
+    artifact location left as it was). Safe to call again. Returns study -> experiment id.
+    """
+    try:
+        client = _connect(tracking_uri)
+        return {s: _experiment_id(client, tracking_uri, s, Path(artifact_root)) for s in studies}
+    except TrackingError:
+        raise
+    except Exception as exc:
+        raise _error("store initialisation", tracking_uri, exc, studies=studies) from exc
+
+
+# --------------------------------------------------------------------------- reading a run dir
+
+
+def _read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)  # accepts NaN
+
+
+def _to_float(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _read_history(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+_BAD_KEY_CHARS = re.compile(r"[^\w.\- ]")
+
+
+def _key(name: str) -> str:
+    """A valid MLflow metric/param key: alphanumerics, ``_ - . space``; at most 250 chars."""
+    key = _BAD_KEY_CHARS.sub("_", str(name)).strip()
+    key = re.sub(r"\.{2,}", ".", key).strip(".") or "_"
+    return key[:MAX_KEY_LENGTH]
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (list, tuple, dict)):
+        text = json.dumps(value, sort_keys=True, default=str)
+    else:
+        text = str(value)
+    return text[:MAX_PARAM_VAL_LENGTH]
+
+
+def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b.c": "value"}; lists JSON-encoded; empty dicts kept as "{}"."""
+    out: dict[str, str] = {}
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, prefix=f"{key}."))
+        else:
+            out.setdefault(_key(key), _param_value(v))
+    return out
+
+
+def _run_identity(info: Mapping[str, Any]) -> tuple[str, str]:
+    key = info.get("run_key")
+    if not key:
+        key = f"{info['dataset']}/{info['model']}/{info['loss']}/s{info['seed']}"
+    return str(key), str(info.get("config_hash", ""))
+
+
+def _tag(value: Any) -> str:
+    return str(value)[:MAX_TAG_VAL_LENGTH]
+
+
+def _filter_eq(tag: str, value: str) -> str:
+    """``tags.`tag` = 'value'`` with the value quoted safely for MLflow's filter grammar."""
+    if "'" not in value:
+        quoted = f"'{value}'"
+    elif '"' not in value:
+        quoted = f'"{value}"'
+    else:
+        raise ValueError(f"cannot quote tag value containing both quote characters: {value!r}")
+    return f"tags.`{tag}` = {quoted}"
+
+
+# --------------------------------------------------------------------------- logging helpers
+
+
+def _log_batch(client, run_id: str, metrics=(), params=(), tags=()) -> None:
+    """log_batch in chunks that respect MLflow's per-request limits."""
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    while metrics or params or tags:
+        p, params = params[:MAX_PARAMS_TAGS_PER_BATCH], params[MAX_PARAMS_TAGS_PER_BATCH:]
+        t, tags = tags[:MAX_PARAMS_TAGS_PER_BATCH], tags[MAX_PARAMS_TAGS_PER_BATCH:]
+        room = MAX_ENTITIES_PER_BATCH - len(p) - len(t)
+        m, metrics = metrics[:room], metrics[room:]
+        client.log_batch(run_id, metrics=m, params=p, tags=t, synchronous=True)
+
+
+def _find_runs(client, experiment_id: str, tag: str, value: str) -> list:
+    from mlflow.entities import ViewType
+
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=_filter_eq(tag, value),
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _get_or_create_run(client, experiment_id, *, tag, value, config_hash, run_name, start_time, tags):
+    """Return (run, created). Keeps the newest matching run; deletes stale/duplicate ones."""
+    existing = _find_runs(client, experiment_id, tag, value)
+    keep = None
+    for run in existing:  # newest first
+        if keep is None and (config_hash is None or run.data.tags.get(TAG_CONFIG_HASH) == config_hash):
+            keep = run
+        else:
+            client.delete_run(run.info.run_id)
+    if keep is not None:
+        return keep, False
+    run = client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name)
+    return run, True
+
+
+def _metric_history(client, run, keys: Iterable[str]) -> dict[str, set[int]]:
+    """key -> set of logged steps, fetched only for keys the run already has."""
+    present = run.data.metrics
+    return {
+        k: {m.step for m in client.get_metric_history(run.info.run_id, k)} if k in present else set()
+        for k in keys
+    }
+
+
+def _write_iou_table(
+    folder: Path, class_names: list[str], ious: list[Any]
+) -> tuple[Path, dict[str, list]]:
+    path = folder / "iou_per_class.csv"
+    table: dict[str, list] = {"class": [], "IoU": []}
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "IoU"])
+        for i, iou in enumerate(ious):
+            name = class_names[i] if i < len(class_names) else str(i)
+            val = _to_float(iou)
+            w.writerow([name, "" if val is None else repr(val)])
+            table["class"].append(name)
+            table["IoU"].append(val)
+    return path, table
+
+
+def _log_iou_table(client, run_id: str, table: dict[str, list], tmp: Path) -> None:
+    """The IoU table as an MLflow table (``iou_per_class.json``), overwritten, never appended.
+
+    ``MlflowClient.log_table`` appends to an existing artifact of the same name, so it is used
+    only the first time; later the file is rewritten in the same (pandas "split") format.
+    """
+    import pandas as pd
+
+    name = "iou_per_class.json"
+    if name not in {f.path for f in client.list_artifacts(run_id)}:
+        client.log_table(run_id, data=pd.DataFrame(table), artifact_file=name)
+        return
+    path = tmp / name
+    pd.DataFrame(table).to_json(path, orient="split", index=False, date_format="iso")
+    client.log_artifact(run_id, str(path))
+
+
+# --------------------------------------------------------------------------- public: runs
+
+
+def log_run(
+    run_dir: str | os.PathLike,
+    *,
+    studies: list[str],
+    tracking_uri: str,
+    profile_path: str | os.PathLike | None = None,
+    extra_tags: Mapping[str, Any] | None = None,
+    artifact_root: str | os.PathLike | None = None,
+) -> dict[str, str]:
+    """Log one run directory into each study's experiment; return study -> MLflow run id.
+
+    Reads (never writes) ``run.json`` (required), ``history.csv``, ``metrics.json``,
+    ``confusion.npy``, ``model.pt``, ``figures/*.png`` and the optional profile JSON.
+    Missing experiments are created (under ``artifact_root``, default
+    :func:`default_artifact_root`), but call :func:`init_store` before fanning out.
+    Raises FileNotFoundError if ``run.json`` is missing and :class:`TrackingError` if the
+    store cannot be reached or written.
+    """
+    run_dir = Path(run_dir)
+    info = _read_json(run_dir / "run.json")
+    run_key, config_hash = _run_identity(info)
+    history_path = run_dir / "history.csv"
+    history = _read_history(history_path) if history_path.is_file() else []
+    metrics_path = run_dir / "metrics.json"
+    final = _read_json(metrics_path) if metrics_path.is_file() else None
+    profile = _read_json(Path(profile_path)) if profile_path and Path(profile_path).is_file() else None
+    params = _flatten(info.get("config") or {})
+
+    try:
+        client = _connect(tracking_uri)
+        with tempfile.TemporaryDirectory(prefix="segbench-track-") as tmp:
+            return {
+                study: _log_run_into(
+                    client, tracking_uri, study, run_dir, Path(tmp),
+                    info=info, run_key=run_key, config_hash=config_hash, history=history,
+                    final=final, profile=profile, profile_path=profile_path, params=params,
+                    extra_tags=extra_tags, artifact_root=artifact_root,
+                )
+                for study in studies
+            }
+    except TrackingError:
+        raise
+    except Exception as exc:
+        raise _error(f"logging of run {run_key!r}", tracking_uri, exc, run_dir, studies) from exc
+
+
+def _log_run_into(
+    client, tracking_uri, study, run_dir: Path, tmp: Path, *, info, run_key, config_hash,
+    history, final, profile, profile_path, params, extra_tags, artifact_root,
+) -> str:
+    from mlflow.entities import Metric, Param, RunTag
+
+    exp_id = _experiment_id(
+        client, tracking_uri, study, Path(artifact_root) if artifact_root else None
+    )
+    now = int(time.time() * 1000)
+
+    # Times from the files: the run started when its first epoch started.
+    times = [_to_float(r.get("time")) for r in history]
+    durations = [_to_float(r.get("epoch_seconds")) for r in history]
+    start_time = now
+    if times and times[0] is not None:
+        start_time = int((times[0] - (durations[0] or 0.0)) * 1000)
+    last_times = [t for t in times if t is not None]
+    end_time = int(max(last_times) * 1000) if last_times else now
+
+    tags = {
+        TAG_RUN_KEY: run_key,
+        TAG_CONFIG_HASH: config_hash,
+        TAG_KIND: "run",
+        "study": study,
+        "dataset": info.get("dataset", ""),
+        "model": info.get("model", ""),
+        "loss": info.get("loss", ""),
+        "seed": info.get("seed", ""),
+        "segbench.run_dir": str(run_dir.resolve()),
+    }
+    for field in ("device", "epochs", "train_seconds", "resumed_from_epoch", "num_classes"):
+        if info.get(field) is not None:
+            tags[f"segbench.{field}"] = info[field]
+    if profile is not None:
+        tags["segbench.profile"] = Path(profile_path).name
+    tags.update(extra_tags or {})
+    tags = {k: _tag(v) for k, v in tags.items()}
+
+    run, created = _get_or_create_run(
+        client, exp_id, tag=TAG_RUN_KEY, value=run_key, config_hash=config_hash,
+        run_name=run_key, start_time=start_time, tags=tags,
+    )
+    run_id = run.info.run_id
+
+    # Per-epoch metrics: step = epoch, timestamp = the `time` column.
+    columns = [c for c in (history[0].keys() if history else []) if c not in HISTORY_INDEX_COLUMNS]
+    logged = {} if created else _metric_history(client, run, [_key(c) for c in columns])
+    metrics: list = []
+    for i, row in enumerate(history):
+        step = int(float(row.get("epoch", i)))
+        ts = int(times[i] * 1000) if times[i] is not None else now
+        for col in columns:
+            key, value = _key(col), _to_float(row[col])
+            if value is None or step in logged.get(key, ()):
+                continue
+            metrics.append(Metric(key, value, ts, step))
+
+    # Summary metrics (step 0): logged when absent or when their latest value changed.
+    summary: dict[str, float] = {}
+    if final is not None:
+        for name in FINAL_METRICS:
+            if (v := _to_float(final.get(name))) is not None:
+                summary[f"final_{name}"] = v
+        names = final.get("class_names") or info.get("class_names") or []
+        for i, iou in enumerate(final.get("IoU") or []):
+            if (v := _to_float(iou)) is not None:
+                summary[_key(f"final_IoU_{names[i] if i < len(names) else i}")] = v
+    if profile is not None:
+        for name in PROFILE_METRICS:
+            if (v := _to_float(profile.get(name))) is not None:
+                summary[f"profile_{name}"] = v
+    latest = {} if created else run.data.metrics
+    for key, value in summary.items():
+        if latest.get(key) != value:
+            metrics.append(Metric(key, value, now, 0))
+
+    existing_params = {} if created else run.data.params
+    new_params = [Param(k, v) for k, v in params.items() if k not in existing_params]
+    new_tags = [] if created else [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+    _log_batch(client, run_id, metrics=metrics, params=new_params, tags=new_tags)
+
+    # Artifacts (overwritten in place by the artifact repository).
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            client.log_artifact(run_id, str(run_dir / name))
+    if profile is not None:
+        client.log_artifact(run_id, str(profile_path))
+    if (run_dir / "model.pt").is_file():
+        client.log_artifact(run_id, str(run_dir / "model.pt"), artifact_path="checkpoint")
+    figures = run_dir / "figures"
+    if figures.is_dir():
+        for png in sorted(figures.glob("*.png")):
+            client.log_artifact(run_id, str(png), artifact_path="figures")
+    if final is not None and final.get("IoU") is not None:
+        names = list(final.get("class_names") or info.get("class_names") or [])
+        study_tmp = tmp / study
+        study_tmp.mkdir(parents=True, exist_ok=True)
+        csv_path, table = _write_iou_table(study_tmp, names, final["IoU"])
+        client.log_artifact(run_id, str(csv_path))
+        _log_iou_table(client, run_id, table, study_tmp)
+
+    client.set_terminated(run_id, status="FINISHED", end_time=max(end_time, start_time))
+    return run_id
+
+
+# --------------------------------------------------------------------------- public: studies
+
+
+def log_study(
+    study: str,
+    study_dir: str | os.PathLike,
+    *,
+    tracking_uri: str,
+    artifact_root: str | os.PathLike | None = None,
+) -> str:
+    """Log the study-level run ``study:{study}`` with every file under tables/ and figures/.
+
+    Idempotent: the run is found by its ``segbench.study_run`` tag and updated (artifacts
+    overwritten); duplicates are deleted. Returns the MLflow run id.
+    """
+    study_dir = Path(study_dir)
+    files = [
+        p
+        for sub in ("tables", "figures")
+        if (study_dir / sub).is_dir()
+        for p in sorted((study_dir / sub).rglob("*"))
+        if p.is_file()
+    ]
+    try:
+        from mlflow.entities import RunTag
+
+        client = _connect(tracking_uri)
+        exp_id = _experiment_id(
+            client, tracking_uri, study, Path(artifact_root) if artifact_root else None
+        )
+        tags = {
+            TAG_KIND: "study",
+            TAG_STUDY_RUN: study,
+            "study": study,
+            "segbench.study_dir": str(study_dir.resolve()),
+        }
+        run, created = _get_or_create_run(
+            client, exp_id, tag=TAG_STUDY_RUN, value=study, config_hash=None,
+            run_name=f"study:{study}", start_time=None, tags=tags,
+        )
+        run_id = run.info.run_id
+        if not created:
+            changed = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+            _log_batch(client, run_id, tags=changed)
+        for p in files:
+            rel_dir = p.parent.relative_to(study_dir).as_posix()
+            client.log_artifact(run_id, str(p), artifact_path=rel_dir)
+        client.set_terminated(run_id, status="FINISHED")
+        return run_id
+    except Exception as exc:
+        raise TrackingError(
+            f"MLflow logging of study {study!r} failed for tracking URI {tracking_uri!r}: "
+            f"{type(exc).__name__}: {exc}. The files under {study_dir} are intact; re-sync "
+            f"later with `segbench track --study {study} {study_dir}` (or rerun snakemake) "
+            "once the store is reachable."
+        ) from exc

@@ -175,7 +175,7 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
             loss_sum += float(loss.detach())
             n_batches += 1
             conf += confusion_matrix(logits.detach().argmax(1), labels, num_classes)
-            bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}")
+            bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", refresh=False)
         bar.close()
         train_scores = scores(conf.cpu())
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_batches, 1),

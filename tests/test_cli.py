@@ -1,0 +1,53 @@
+"""The command line: bad input fails with exit code 2 and a message naming the culprit."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def segbench(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), SEGBENCH_NO_PROGRESS="1")
+    return subprocess.run([sys.executable, "-m", "segbench", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=120)
+
+
+def test_check_config_lists_runs():
+    proc = segbench("check-config", str(ROOT / "config.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    assert "synthetic/unet/ce/s0" in proc.stdout and "synthetic/segnet/ce/s0" in proc.stdout
+
+
+def test_check_config_names_bad_key(tmp_path):
+    cfg = (ROOT / "config.yaml").read_text().replace("epochs: 6", "epochs: six")
+    (tmp_path / "c.yaml").write_text(cfg)
+    proc = segbench("check-config", str(tmp_path / "c.yaml"))
+    assert proc.returncode == 2
+    assert "c.yaml" in proc.stderr and "config key 'train.epochs': expected integer, got 'six'" in proc.stderr
+
+
+def test_prepare_reports_unknown_label_id(tmp_path):
+    from segbench.data.synthetic import generate, label_path
+
+    generate(tmp_path / "raw", splits={"train": 2, "val": 1}, height=64, width=128, progress=False)
+    bad = label_path(tmp_path / "raw", "train", 1)
+    arr = np.array(Image.open(bad))
+    arr[5, 7] = 200
+    Image.fromarray(arr).save(bad)
+    proc = segbench("prepare", "cityscapes", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--quiet")
+    assert proc.returncode == 2
+    assert bad.name in proc.stderr and "200" in proc.stderr
+    assert not (tmp_path / "out" / "manifest.csv").exists()
+
+
+def test_commands_that_need_no_torch_do_not_import_it(tmp_path):
+    code = ("import sys; from segbench.cli import main; rc = main(['check-config', %r]); "
+            "print('torch' in sys.modules, 'mlflow' in sys.modules)" % str(ROOT / "config.yaml"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "False False", proc.stdout + proc.stderr

@@ -120,6 +120,12 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss({k: v for k, v in spec["loss"].items() if k != "name"}).to(device)
+    needs_embeddings = bool(getattr(loss_fn, "needs_embeddings", False))
+    if needs_embeddings and not hasattr(model, "forward_train"):
+        raise ValueError(
+            f"loss '{spec['loss']['name']}' ({spec['loss']['type']}) needs pixel embeddings, but model "
+            f"'{spec['model']['name']}' ({spec['model']['arch']}) does not expose them; use a model with an "
+            "embedding head (see `segbench models`) or another loss")
     opt = make_optimizer(model, tr)
     epochs = tr["epochs"]
     sched = make_scheduler(opt, tr, epochs * len(train_loader))
@@ -160,8 +166,14 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
             if device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                logits = model(images)
-            loss = loss_fn(logits, labels)
+                if needs_embeddings:
+                    # models with an embedding head compute it in training only: forward() stays lean
+                    out = model.forward_train(images)
+                    logits = out["logits"]
+                    loss = loss_fn(logits, labels, embeddings=out["embeddings"])
+                else:
+                    logits = model(images)
+                    loss = loss_fn(logits, labels)
             if not torch.isfinite(loss.detach()):
                 names = [train_ds.name(int(i)) for i in idx]
                 raise NonFiniteLoss(

@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test test-fast lint dry-run mlflow-ui clean help
+.PHONY: install run test test-fast lint dry-run mlflow-ui serve browser test-serve clean help
 
 help:
 	@echo "make run       install, then run the default pipeline (config.yaml) with snakemake --cores $(CORES)"
@@ -17,6 +17,11 @@ help:
 	@echo "make dry-run   list the jobs of the default config"
 	@echo "make lint      snakemake --lint"
 	@echo "make mlflow-ui open the MLflow UI on results/mlflow.db (http://127.0.0.1:5000)"
+	@echo "make serve     web app segmenting uploads with the best run of STUDY (default unet_segnet), or RUN=dir"
+	@echo "make browser   install Debian's chromium-headless-shell for the browser test (root, apt-get)"
+	@echo "make run-local the local profile (workflow/profiles/default); make run-slurm: the SLURM profile"
+	@echo "make mlflow-server / mlflow-server-stop   a shared MLflow server (scripts/mlflow_server.sh)"
+	@echo "make test-slurm   the one-node SLURM test alone (root: installs slurm-wlm + munge)"
 
 # The stamp is rebuilt when the pins change; the CPU torch wheel must stay pinned.
 $(VENV)/.installed: envs/requirements.txt pyproject.toml
@@ -44,6 +49,41 @@ test-fast: install
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000
+
+# `make serve` serves the best run of $(STUDY) by val mIoU; `make serve RUN=results/runs/...` a given run.
+STUDY ?= unet_segnet
+HOST  ?= 127.0.0.1
+PORT  ?= 8000
+serve: install
+	$(BIN)/segbench serve $(if $(RUN),$(RUN),--study $(STUDY)) --host $(HOST) --port $(PORT)
+
+browser:
+	bash scripts/install_browser.sh
+
+test-serve: install
+	$(BIN)/python -m pytest tests/test_serve.py
+
+# Clusters (docs/cluster.md). `make run-slurm`: the default config on SLURM, site settings
+# from SEGBENCH_SLURM_* (workflow/profiles/slurm). `make mlflow-server`: a tracking server
+# for the jobs (MLFLOW_HOST=0.0.0.0 for compute nodes); `make mlflow-server-stop` stops it.
+# `make test-slurm`: the SLURM test alone (root; installs slurm-wlm and munge).
+.PHONY: run-local run-slurm mlflow-server mlflow-server-stop test-slurm
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+run-local: install
+	$(BIN)/snakemake --profile workflow/profiles/default
+
+run-slurm: install
+	$(BIN)/snakemake --profile workflow/profiles/slurm
+
+mlflow-server: install
+	bash scripts/mlflow_server.sh start --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
+
+mlflow-server-stop:
+	bash scripts/mlflow_server.sh stop
+
+test-slurm: install
+	PYTHON=$(abspath $(BIN))/python bash scripts/test_slurm.sh
 
 clean:
 	rm -rf results .snakemake

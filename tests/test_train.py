@@ -104,3 +104,17 @@ def test_evaluate_writes_metrics_matching_confusion(data_dir, tmp_path):
     assert metrics["mIoU"] == pytest.approx(scores(torch.from_numpy(conf))["mIoU"], nan_ok=True)
     samples = np.load(tmp_path / "r" / "samples.npz")
     assert samples["images"].shape == (2, 64, 128, 3) and samples["preds"].shape == (2, 64, 128)
+
+
+def test_val_images_of_different_sizes_are_padded_and_never_scored():
+    from segbench.data.dataset import pad_collate
+
+    a = (torch.ones(3, 40, 70), torch.zeros(40, 70, dtype=torch.int64), 0)
+    b = (torch.ones(3, 64, 50), torch.ones(64, 50, dtype=torch.int64), 1)
+    images, labels, idx = pad_collate([a, b])
+    assert images.shape == (2, 3, 64, 96) and labels.shape == (2, 64, 96)
+    assert idx.tolist() == [0, 1]
+    # the padding is ignore (255) in the labels and zero in the images; the data is untouched
+    assert (labels[0, :40, :70] == 0).all() and (labels[0, 40:, :] == 255).all() and (labels[0, :, 70:] == 255).all()
+    assert (labels[1, :, :50] == 1).all() and (labels[1, :, 50:] == 255).all()
+    assert images[0, :, :40, :70].eq(1).all() and images[0, :, 40:, :].eq(0).all()

@@ -5,6 +5,12 @@ every key. :func:`validate_config` checks a config mapping against it, reports *
 problem with the key's dotted path and the allowed values, fills in the schema's defaults,
 and then checks what a schema cannot: that every name a study uses is defined.
 
+Grids (:func:`expand_grids`) generate named entries of ``losses`` and ``models`` from a
+base entry, explicit rows and/or a product of axes, before the schema check, so the rest
+of the pipeline sees plain named entries; an error in a generated entry is reported at the
+grid's key (``grids.losses.bal.rows[3].kernel``). Study lists may name entries by glob
+pattern (``bal_gauss_*``), expanded here to the matching names in definition order.
+
 No torch or mlflow here: the Snakefile imports this module at start-up.
 """
 
@@ -12,8 +18,11 @@ from __future__ import annotations
 
 import copy
 import difflib
+import fnmatch
+import itertools
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -44,24 +53,39 @@ def _suggest(word: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _describe(error, schema_root: dict) -> list[str]:
-    """Turn a jsonschema error into messages naming the key path and the allowed values."""
+def _parent_of(parts: tuple, key: str) -> tuple:
+    """The path holding ``key`` (a grid's product axis is followed by the value's index)."""
+    parts = tuple(parts)
+    while parts and parts[-1] != key:
+        parts = parts[:-1]
+    return parts[:-1]
+
+
+def _describe(error, schema_root: dict, locate: Callable[[tuple], tuple] | None = None) -> list[str]:
+    """Turn a jsonschema error into messages naming the key path and the allowed values.
+
+    ``locate`` maps a path in the (grid-expanded) config to the path to report.
+    """
     from jsonschema.exceptions import ValidationError  # noqa: F401  (type only)
 
+    locate = locate or tuple
     if error.context and error.validator in ("oneOf", "anyOf"):
         # e.g. eval_size: a size or null; report the most specific alternative
         best = sorted(error.context, key=lambda e: -len(e.path))[0]
-        return _describe(best, schema_root)
-    where = _key_path(error.absolute_path)
+        return _describe(best, schema_root, locate)
+    path = tuple(error.absolute_path)
+    where = _key_path(locate(path))
     v, schema = error.validator, error.schema
     if v == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted(schema.get("properties", {}))
         extra = [k for k in error.instance if k not in schema.get("properties", {})]
         return [
-            f"config key '{where}': unknown key '{k}'{_suggest(k, allowed)}; "
-            f"allowed keys: {', '.join(allowed) or '(none)'}"
+            f"config key '{_key_path(_parent_of(locate(path + (k,)), k))}': unknown key '{k}'"
+            f"{_suggest(k, allowed)}; allowed keys: {', '.join(allowed) or '(none)'}"
             for k in extra
         ]
+    if v == "not" and "description" in schema:
+        return [f"config key '{where}': {error.instance!r} is not allowed; expected {schema['description']}"]
     if v == "enum":
         return [
             f"config key '{where}': {error.instance!r} is not allowed{_suggest(error.instance, schema['enum'])}; "
@@ -107,6 +131,207 @@ def _fill_defaults(instance: Any, schema: dict, root: dict, path: tuple = ()) ->
                 _fill_defaults(value, extra, root, path + (key,))
 
 
+# ----------------------------------------------------------------------------- grids
+
+GRID_KINDS = ("losses", "models")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Origins:
+    """Where each key of a generated entry comes from, so errors name the grid's key path."""
+
+    def __init__(self) -> None:
+        # (kind, name) -> (grid key path, {entry key path: key path relative to the grid})
+        self.entries: dict[tuple[str, str], tuple[tuple, dict[tuple, tuple]]] = {}
+
+    def add(self, kind: str, name: str, grid: tuple, sources: dict[tuple, tuple]) -> None:
+        self.entries[(kind, name)] = (grid, sources)
+
+    def entry_of(self, path) -> str | None:
+        path = tuple(path)
+        if len(path) >= 2 and (path[0], path[1]) in self.entries:
+            return f"{path[0]}.{path[1]}"
+        return None
+
+    def locate(self, path) -> tuple:
+        path = tuple(path)
+        if len(path) < 2 or (path[0], path[1]) not in self.entries:
+            return path
+        grid, sources = self.entries[(path[0], path[1])]
+        rest = path[2:]
+        for n in range(len(rest), 0, -1):
+            if rest[:n] in sources:
+                return grid + sources[rest[:n]] + rest[n:]
+        return grid + ("base",) + rest
+
+
+def _name_value(value: Any) -> str:
+    """A value as it appears in a generated name: 3.0 -> 3, [1, 3, 5] -> 1-3-5, True -> true."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "-".join(_name_value(v) for v in value)
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        raise TypeError("a mapping")
+    return str(value)
+
+
+def _set_path(entry: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = entry
+    for p in parents:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[leaf] = copy.deepcopy(value)
+
+
+def _expand_grid(kind: str, prefix: str, grid: dict, where: tuple) -> tuple[list[tuple[str, dict, dict]], list[str]]:
+    """[(name, entry, sources)] of one grid, and its problems. ``where``: the grid's key path."""
+    problems: list[str] = []
+    base = grid.get("base")
+    rows = grid.get("rows", [{}])
+    product = grid.get("product", {})
+    name_parts = grid.get("name_parts") or {}
+    abbrev = grid.get("abbreviations") or {}
+    if not isinstance(base, dict) or not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows) \
+            or not isinstance(product, dict) or not all(isinstance(v, list) and v for v in product.values()) \
+            or not isinstance(name_parts, dict) or not isinstance(abbrev, dict):
+        return [], []  # malformed: the schema check reports it at the grid's key path
+    if "rows" not in grid and "product" not in grid:
+        return [], [f"config key '{_key_path(where)}': a grid needs `rows`, `product` or both"]
+    both = [k for k in product if any(k in r for r in rows)]
+    if both:
+        return [], [f"config key '{_key_path(where + ('product', both[0]))}': '{both[0]}' is also set by "
+                    "`rows`; set each key either in rows or in product"]
+    out: list[tuple[str, dict, dict]] = []
+    seen: dict[str, tuple] = {}
+    axes_p = list(product)
+    for i, row in enumerate(rows):
+        for combo in itertools.product(*(list(enumerate(product[k])) for k in axes_p)):
+            entry = copy.deepcopy(base)
+            sources: dict[tuple, tuple] = {}
+            values: dict[str, Any] = {}
+            origin: tuple = ()
+            if "rows" in grid:
+                origin = ("rows", i)
+            for key, value in row.items():
+                _set_path(entry, key, value)
+                sources[tuple(key.split("."))] = ("rows", i, key)
+                values[key] = value
+            for key, (j, value) in zip(axes_p, combo):
+                _set_path(entry, key, value)
+                sources[tuple(key.split("."))] = ("product", key, j)
+                values[key] = value
+            order = [k for k in name_parts if k in values] + [k for k in values if k not in name_parts]
+            parts = []
+            for key in order:
+                try:
+                    shown = _name_value(values[key])
+                except TypeError:
+                    loc = sources[tuple(key.split("."))]
+                    problems.append(f"config key '{_key_path(where + loc)}': a mapping cannot be part of a "
+                                    f"generated name; set its keys one by one (e.g. '{key}.<key>')")
+                    shown = "?"
+                label = name_parts.get(key, key.split(".")[-1])
+                parts.append(f"{label}{abbrev.get(shown, shown)}")
+            name = "_".join([prefix, *parts])
+            at = where + origin + (("product",) if combo and not origin else ())
+            if not _NAME_RE.match(name):
+                problems.append(f"config key '{_key_path(at)}': generated name '{name}' is not a valid name "
+                                "(letters, digits, _ . -); change name_parts or abbreviations")
+            elif name in seen:
+                problems.append(f"config key '{_key_path(at)}': generates '{name}' a second time (first from "
+                                f"'{_key_path(seen[name])}'); rows and product values must differ")
+            else:
+                seen[name] = at
+                out.append((name, entry, sources))
+    return out, problems
+
+
+def _expand_grids(config: dict) -> tuple[dict, list[str], _Origins]:
+    cfg = copy.deepcopy(config)
+    origins = _Origins()
+    problems: list[str] = []
+    grids = cfg.get("grids")
+    if not isinstance(grids, dict):
+        return cfg, problems, origins
+    for kind in GRID_KINDS:
+        section = grids.get(kind)
+        if not isinstance(section, dict):
+            continue
+        for prefix, grid in section.items():
+            if not isinstance(grid, dict) or not isinstance(prefix, str) or not _NAME_RE.match(prefix):
+                continue  # the schema check reports it
+            where = ("grids", kind, prefix)
+            entries, probs = _expand_grid(kind, prefix, grid, where)
+            problems += probs
+            target = cfg.get(kind)
+            if target is None:
+                target = cfg[kind] = {}
+            if not isinstance(target, dict):
+                continue
+            for name, entry, sources in entries:
+                if name in target:
+                    problems.append(f"config key '{_key_path(where)}': generates '{name}', which is already "
+                                    f"defined under '{kind}'; rename the grid or the entry")
+                    continue
+                target[name] = entry
+                origins.add(kind, name, where, sources)
+    return cfg, problems, origins
+
+
+def expand_grids(config: dict) -> dict:
+    """A copy of ``config`` with the entries of ``grids`` added under ``losses`` / ``models``
+    (and ``grids`` removed). Only the expansion is checked here; see :func:`validate_config`."""
+    cfg, problems, _ = _expand_grids(config)
+    if problems:
+        raise ConfigError(_format(problems))
+    cfg.pop("grids", None)
+    return cfg
+
+
+def _is_pattern(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+# Architectures whose models expose ``forward_train(images) -> {"logits", "embeddings"}``
+# (segbench.models; tests/test_losses.py checks this list against the registry). Static,
+# so that a study pairing a loss that needs embeddings with a model without them fails at
+# start-up, before any job runs, without importing torch.
+EMBEDDING_ARCH_PREFIXES: tuple[str, ...] = ("van_fpn",)
+
+
+def arch_has_embeddings(arch: str) -> bool:
+    return arch.startswith(EMBEDDING_ARCH_PREFIXES)
+
+
+def _check_embeddings(cfg: dict) -> list[str]:
+    from segbench.losses import NEEDS_EMBEDDINGS
+
+    problems = []
+    for study, spec in cfg["studies"].items():
+        for loss in spec["losses"]:
+            kind = cfg["losses"][loss]["type"]
+            if kind not in NEEDS_EMBEDDINGS:
+                continue
+            lacking = [m for m in spec["models"] if not arch_has_embeddings(cfg["models"][m]["arch"])]
+            if lacking:
+                problems.append(
+                    f"config key 'studies.{study}.losses': loss '{loss}' ({kind}) needs pixel embeddings, "
+                    f"but model{'s' if len(lacking) > 1 else ''} "
+                    f"{', '.join(repr(m) + ' (' + cfg['models'][m]['arch'] + ')' for m in lacking)} "
+                    f"ha{'ve' if len(lacking) > 1 else 's'} no embedding head; architectures with one: "
+                    f"{', '.join(p + '*' for p in EMBEDDING_ARCH_PREFIXES)}. Put this loss in a study of such models")
+    return problems
+
+
 def validate_config(config: dict, schema_path: str | Path | None = None) -> dict:
     """Return a validated copy of ``config`` with defaults filled; raise ConfigError."""
     from jsonschema import Draft202012Validator
@@ -115,39 +340,92 @@ def validate_config(config: dict, schema_path: str | Path | None = None) -> dict
         raise ConfigError("the configuration is empty: give a config.yaml (see the README)")
     schema = load_schema(schema_path)
     validator = Draft202012Validator(schema)
-    problems: list[str] = []
-    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+    expanded, problems, origins = _expand_grids(config)
+    # a message reported for several generated entries (a typo in a grid's base) is listed once
+    found: dict[str, list[str]] = {}
+    for error in sorted(validator.iter_errors(expanded), key=lambda e: list(map(str, e.absolute_path))):
         if error.validator in ("if", "allOf"):
             continue
-        for msg in _describe(error, schema):
-            if msg not in problems:
-                problems.append(msg)
+        for msg in _describe(error, schema, origins.locate):
+            found.setdefault(msg, [])
+            entry = origins.entry_of(error.absolute_path)
+            if entry and entry not in found[msg]:
+                found[msg].append(entry)
+    for msg, entries in found.items():
+        if entries:
+            shown = ", ".join(f"'{e}'" for e in entries[:3]) + (", ..." if len(entries) > 3 else "")
+            msg += f" (generated entr{'ies' if len(entries) > 1 else 'y'} {shown})"
+        if msg not in problems:
+            problems.append(msg)
     if problems:
         raise ConfigError(_format(problems))
 
-    cfg = copy.deepcopy(config)
+    cfg = expanded
+    cfg.pop("grids", None)
     _fill_defaults(cfg, schema, schema)
 
     for study, spec in cfg["studies"].items():
         for kind in ("datasets", "models", "losses"):
             defined = list(cfg[kind])
+            names: list[str] = []
             for i, name in enumerate(spec[kind]):
-                if name not in cfg[kind]:
+                if _is_pattern(name):
+                    matched = [n for n in defined if fnmatch.fnmatchcase(n, name)]
+                    if not matched:
+                        problems.append(
+                            f"config key 'studies.{study}.{kind}[{i}]': pattern '{name}' matches no entry under "
+                            f"'{kind}'; defined: {', '.join(defined)}")
+                    names += [n for n in matched if n not in names]
+                elif name not in cfg[kind]:
                     problems.append(
                         f"config key 'studies.{study}.{kind}[{i}]': '{name}' is not defined under "
                         f"'{kind}'{_suggest(name, defined)}; allowed values: {', '.join(defined)}"
                     )
+                elif name not in names:
+                    names.append(name)
+            spec[kind] = names
+    if not problems:
+        problems += _check_embeddings(cfg)
     for name, ds in cfg["datasets"].items():
-        if ds["source"] != "synthetic" and not ds.get("root"):
-            problems.append(
-                f"config key 'datasets.{name}.root': source '{ds['source']}' needs `root:` pointing "
-                "at an existing copy of the dataset"
-            )
-        if ds["source"] != "synthetic" and "generate" in ds:
-            problems.append(f"config key 'datasets.{name}.generate': only the synthetic source generates data")
+        problems += _dataset_problems(name, ds)
     if problems:
         raise ConfigError(_format(problems))
     return cfg
+
+
+def _dataset_problems(name: str, ds: dict) -> list[str]:
+    """What the schema cannot say about one dataset entry: keys that belong to other sources,
+    and archive names in `download` that the source does not publish."""
+    source, where = ds["source"], f"config key 'datasets.{name}"
+    out = []
+    if source != "synthetic" and "generate" in ds:
+        out.append(f"{where}.generate': only the synthetic source generates data")
+    if ds.get("labels") == "category" and source not in ("synthetic", "cityscapes"):
+        out.append(f"{where}.labels': 'category' (the 7 Cityscapes categories) is for the cityscapes and "
+                   f"synthetic sources; source '{source}' has one label set: trainId")
+    for key in ("trainaug", "sbd_root"):
+        if key in ds and source != "voc":
+            out.append(f"{where}.{key}': only the voc source has SBD / trainaug; remove it")
+    dl = ds.get("download")
+    if dl is None:
+        return out
+    if source == "synthetic":
+        out.append(f"{where}.download': the synthetic source is generated, not downloaded")
+        return out
+    for key in ("credentials", "site"):
+        if dl.get(key) and source != "cityscapes":
+            out.append(f"{where}.download.{key}': only Cityscapes needs a login; remove it")
+    if dl.get("urls") and source == "cityscapes":
+        out.append(f"{where}.download.urls': Cityscapes archives come from its site (download.site), not URLs")
+    from segbench.data.download import archives_of
+
+    known = list(archives_of(source))
+    for key in ("md5", "urls"):
+        for archive in dl.get(key) or {}:
+            if archive not in known:
+                out.append(f"{where}.download.{key}': '{archive}' is not an archive of {source}"
+                           f"{_suggest(archive, known)}; allowed: {', '.join(known)}")
+    return out
 
 
 def _format(problems: list[str]) -> str:

@@ -21,9 +21,16 @@ from itertools import product
 
 # Classes per (source, label set); known before any data is prepared.
 NUM_CLASSES = {("synthetic", "trainId"): 19, ("synthetic", "category"): 7,
-               ("cityscapes", "trainId"): 19, ("cityscapes", "category"): 7}
-# Native val image size per source, for profiling (synthetic: its generated size).
-EVAL_SIZE = {"cityscapes": (1024, 2048)}
+               ("cityscapes", "trainId"): 19, ("cityscapes", "category"): 7,
+               ("ade20k", "trainId"): 150, ("voc", "trainId"): 21, ("bdd100k", "trainId"): 19}
+# Val image size per source, for profiling (synthetic: its generated size). Cityscapes is
+# native; ADE20K and VOC images vary, 512x512 is the papers' crop; BDD100K's 1280x720 is
+# padded to 736 rows, the next multiple of 32.
+EVAL_SIZE = {"cityscapes": (1024, 2048), "ade20k": (512, 512), "voc": (512, 512), "bdd100k": (736, 1280)}
+
+
+# dataset keys that say where the files are, not what they are
+RUN_NEUTRAL_DATASET_KEYS = ("root", "download", "sbd_root")
 
 
 @dataclass(frozen=True, order=True)
@@ -85,10 +92,12 @@ class Plan:
     def run_spec(self, run: Run) -> dict:
         """Everything that determines a run's result (and nothing that does not)."""
         m = self.cfg["models"][run.model]
+        # where the data came from (root, download URLs, credentials file) does not change a
+        # run's result: leave it out, so it never retrains a run nor lands in run.json
+        dataset = {k: copy.deepcopy(v) for k, v in self.dataset(run.dataset).items() if k not in RUN_NEUTRAL_DATASET_KEYS}
         return {
             "run_key": run.key,
-            "dataset": {"name": run.dataset, **copy.deepcopy(self.dataset(run.dataset)),
-                        "num_classes": self.num_classes(run.dataset)},
+            "dataset": {"name": run.dataset, **dataset, "num_classes": self.num_classes(run.dataset)},
             "model": {"name": run.model, "arch": m["arch"], "params": copy.deepcopy(m.get("params") or {})},
             "loss": {"name": run.loss, **copy.deepcopy(self.cfg["losses"][run.loss])},
             "seed": run.seed,

@@ -1,6 +1,7 @@
 """Model cost, measured once per (model, classes, input size).
 
-- params: trainable and frozen parameters;
+- params: the parameters inference uses (train-only heads such as the contrastive
+  embedding head are left out, as the papers count them);
 - MACs: multiply-accumulates of one forward pass at the input size, counted by
   ``torch.utils.flop_counter`` (which reports 2 FLOPs per MAC) and halved: the papers'
   "GFLOPs" are MACs (fvcore's convention, REFERENCE.md §1);
@@ -20,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segbench.engine.common import setup_torch, synchronize
 from segbench.models import build_model
+from segbench.models.common import count_parameters
 
 
 def count_macs(model: torch.nn.Module, size: tuple[int, int], in_channels: int = 3) -> int:
@@ -34,7 +36,7 @@ def profile_model(arch: str, params: dict, num_classes: int, size: tuple[int, in
                   iterations: int = 10, threads: int | None = None, name: str | None = None) -> dict:
     device = setup_torch(threads, deterministic=False)
     model = build_model(arch, num_classes, **params).eval()
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_parameters(model)  # without train-only heads (e.g. FRM's embedding head)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     macs = count_macs(model, size)

@@ -3,7 +3,10 @@
 Layout in the tracking store
 ----------------------------
 * one experiment per study, named ``segbench-{study}`` (see :func:`experiment_name`), whose
-  artifact location is ``<artifact_root>/<study>`` (an absolute ``file://`` URI);
+  artifact location is ``<artifact_root>/<study>`` (an absolute ``file://`` URI) for a local
+  store, and the server's choice for a tracking server (``http(s)://``: ``mlflow server``
+  proxies the artifacts into its ``--artifacts-destination``, so compute nodes need no
+  access to the server's disk);
 * one MLflow run per (study, run key), named after the run key
   (``synthetic/unet_small/ce/s0``) and tagged ``segbench.run_key``;
 * one study-level run per study, named ``study:{study}``, tagged ``segbench.kind=study`` and
@@ -31,6 +34,16 @@ Failures
 Any failure to reach or write the store raises :class:`TrackingError`, whose message names
 the tracking URI and how to re-sync later. The run directory is only ever read.
 
+Records and sync
+----------------
+The pipeline's track jobs write a small JSON *record* per step (``results/mlflow/init.json``,
+``results/mlflow/runs/{run key}.json``, ``results/mlflow/studies/{study}.json``; see
+:func:`write_record`). A record's ``status`` is ``logged``, or ``skipped`` when the store
+failed: then it says why and how to complete MLflow later, and the pipeline goes on (tables
+and figures come from the files, not from MLflow). :func:`record_round` turns a skipped
+record into a changed Snakemake param, so the next ``snakemake`` retries exactly the skipped
+track jobs; :func:`sync` (``segbench sync``) logs every run directory and study at once.
+
 ``mlflow`` is imported lazily inside the functions: ``import segbench.tracking`` is cheap.
 """
 
@@ -49,6 +62,12 @@ from typing import Any, Iterable, Iterator, Mapping
 
 __all__ = [
     "TrackingError",
+    "RECORD_LOGGED",
+    "RECORD_SKIPPED",
+    "read_record",
+    "record_round",
+    "write_record",
+    "sync",
     "default_tracking_uri",
     "default_artifact_root",
     "experiment_name",
@@ -89,6 +108,11 @@ def default_tracking_uri(results_dir: str | os.PathLike) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
+def is_server(tracking_uri: str) -> bool:
+    """True for a tracking server (``http://``, ``https://``), which stores artifacts itself."""
+    return tracking_uri.split(":", 1)[0].lower() in ("http", "https")
+
+
 def default_artifact_root(tracking_uri: str) -> Path:
     """``<db folder>/mlartifacts`` for a local sqlite store, else ``./mlartifacts``."""
     db = _sqlite_path(tracking_uri)
@@ -116,8 +140,9 @@ def _resync_hint(run_dir: str | os.PathLike | None, studies: Iterable[str] | Non
     target = str(run_dir) if run_dir is not None else "RUN_DIR"
     study_args = " ".join(f"--study {s}" for s in (studies or [])) or "--study STUDY"
     return (
-        f"The files on disk are intact; re-sync later with `segbench track {target} {study_args}` "
-        "(or rerun snakemake) once the store is reachable."
+        f"The files on disk are intact; once the store is reachable, rerun snakemake (it retries "
+        f"skipped track jobs) or run `segbench sync` (everything) or `segbench track {target} "
+        f"{study_args}` (this run)."
     )
 
 
@@ -167,8 +192,11 @@ def _experiment_id(client, tracking_uri: str, study: str, artifact_root: Path | 
     name = experiment_name(study)
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        root = Path(artifact_root) if artifact_root is not None else default_artifact_root(tracking_uri)
-        location = (root.resolve() / study).as_uri()
+        if artifact_root is None and is_server(tracking_uri):
+            location = None  # the server's default: proxied into its --artifacts-destination
+        else:
+            root = Path(artifact_root) if artifact_root is not None else default_artifact_root(tracking_uri)
+            location = (root.resolve() / study).as_uri()
         with _store_lock(tracking_uri):
             exp = client.get_experiment_by_name(name)  # another process may have won
             if exp is None:
@@ -186,17 +214,20 @@ def _experiment_id(client, tracking_uri: str, study: str, artifact_root: Path | 
 
 
 def init_store(
-    tracking_uri: str, studies: list[str], artifact_root: str | os.PathLike
+    tracking_uri: str, studies: list[str], artifact_root: str | os.PathLike | None = None
 ) -> dict[str, str]:
     """Create the store (running its migrations once) and one experiment per study.
 
     Experiments are named ``segbench-{study}`` with artifact location
-    ``file://<artifact_root>/<study>``; existing ones are reused (restored if deleted, their
-    artifact location left as it was). Safe to call again. Returns study -> experiment id.
+    ``file://<artifact_root>/<study>`` (``artifact_root`` None: :func:`default_artifact_root`
+    for a local store, the server's default for a tracking server); existing ones are reused
+    (restored if deleted, their artifact location left as it was). Safe to call again.
+    Returns study -> experiment id.
     """
+    root = Path(artifact_root) if artifact_root is not None else None
     try:
         client = _connect(tracking_uri)
-        return {s: _experiment_id(client, tracking_uri, s, Path(artifact_root)) for s in studies}
+        return {s: _experiment_id(client, tracking_uri, s, root) for s in studies}
     except TrackingError:
         raise
     except Exception as exc:
@@ -578,7 +609,148 @@ def log_study(
     except Exception as exc:
         raise TrackingError(
             f"MLflow logging of study {study!r} failed for tracking URI {tracking_uri!r}: "
-            f"{type(exc).__name__}: {exc}. The files under {study_dir} are intact; re-sync "
-            f"later with `segbench track --study {study} {study_dir}` (or rerun snakemake) "
-            "once the store is reachable."
+            f"{type(exc).__name__}: {exc}. The files under {study_dir} are intact; once the "
+            "store is reachable, rerun snakemake (it retries skipped track jobs) or run "
+            f"`segbench sync` (everything) or `segbench track-study {study} --dir {study_dir}`."
         ) from exc
+
+
+# --------------------------------------------------------------------------- records
+
+RECORD_LOGGED = "logged"
+RECORD_SKIPPED = "skipped"
+SYNC_HINT = (
+    "The files on disk are complete; MLflow is only a view of them. Once the store is "
+    "reachable, rerun snakemake (it retries the skipped track jobs) or run `segbench sync` "
+    "in the workflow directory (with --config FILE for another config than config.yaml)."
+)
+
+
+def read_record(path: str | os.PathLike) -> dict | None:
+    """A track job's record, or None if it is missing or unreadable."""
+    try:
+        rec = _read_json(Path(path))
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def record_round(path: str | os.PathLike) -> int:
+    """The ``round`` a track job should run under, given its current record.
+
+    A missing record gives 0, a logged one its own round, a skipped one its round + 1. The
+    rules pass this as a param and the job stores it in the record it writes, so Snakemake's
+    params trigger reruns exactly the track jobs whose record says skipped (and nothing once
+    they are logged, whether by that rerun or by ``segbench sync``).
+    """
+    rec = read_record(path)
+    if rec is None:
+        return 0
+    try:
+        n = int(rec.get("round", 0))
+    except (TypeError, ValueError):
+        n = 0
+    return n + 1 if rec.get("status") == RECORD_SKIPPED else n
+
+
+def write_record(path: str | os.PathLike, *, status: str, round: int = 0, **fields: Any) -> dict:
+    """Write a track record (atomically): ``status``, ``round``, the fields, the time."""
+    from segbench.io import write_json
+
+    rec = {"status": status, "round": int(round), **fields,
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if status == RECORD_SKIPPED:
+        rec.setdefault("sync", SYNC_HINT)
+    write_json(path, rec)
+    return rec
+
+
+# --------------------------------------------------------------------------- sync
+
+
+def sync(
+    results: str | os.PathLike,
+    *,
+    tracking_uri: str,
+    plan_studies: Mapping[str, list[str]] | None = None,
+    plan_profiles: Mapping[str, str] | None = None,
+    artifact_root: str | os.PathLike | None = None,
+    log=print,
+) -> dict:
+    """Log every run directory under ``results/runs`` and every study under
+    ``results/studies`` into the store, and rewrite their records as logged.
+
+    Idempotent: :func:`log_run` and :func:`log_study` update what is there. A run's studies
+    are those the config gives it (``plan_studies``, run key -> studies) together with those
+    in its record; its profile likewise (``plan_profiles``, else the record's). A run with no
+    study is reported and left out. Records are written in the order the pipeline writes them
+    (init, runs, studies), so Snakemake sees no input newer than its output afterwards.
+    Raises :class:`TrackingError` when the store fails.
+    Returns ``{"experiments": ..., "runs": {key: {study: id}}, "studies": {study: id},
+    "unassigned": [run dirs]}``.
+    """
+    results = Path(results)
+    records = results / "mlflow"
+    plan_studies = plan_studies or {}
+    plan_profiles = plan_profiles or {}
+    if artifact_root is None and not is_server(tracking_uri):
+        artifact_root = results / "mlartifacts"  # where the pipeline's track-init puts them
+
+    runs: list[tuple[str, Path, list[str], str | None, Path]] = []
+    unassigned: list[str] = []
+    for run_json in sorted((results / "runs").rglob("run.json")):
+        run_dir = run_json.parent
+        key, _ = _run_identity(_read_json(run_json))
+        record_path = records / "runs" / f"{key}.json"
+        rec = read_record(record_path) or {}
+        studies = list(dict.fromkeys(
+            [*plan_studies.get(key, []), *rec.get("studies", []), *(rec.get("runs") or {})]))
+        if not studies:
+            unassigned.append(str(run_dir))
+            log(f"skipping {run_dir}: run {key} is in no study of the config and has no track record")
+            continue
+        profile = plan_profiles.get(key) or rec.get("profile")
+        runs.append((key, run_dir, studies, profile, record_path))
+    study_dirs = sorted(p for p in (results / "studies").glob("*")
+                        if (p / "tables").is_dir() or (p / "figures").is_dir())
+
+    all_studies = list(dict.fromkeys(
+        [s for _, _, studies, _, _ in runs for s in studies] + [p.name for p in study_dirs]))
+    experiments = init_store(tracking_uri, all_studies, artifact_root) if all_studies else {}
+    init_path = records / "init.json"
+    write_record(init_path, status=RECORD_LOGGED, round=_own_round(init_path),
+                 tracking_uri=tracking_uri, experiments=experiments)
+    log(f"MLflow store {tracking_uri}: {len(experiments)} experiments")
+
+    logged_runs: dict[str, dict[str, str]] = {}
+    for key, run_dir, studies, profile, record_path in runs:
+        ids = log_run(run_dir, studies=studies, tracking_uri=tracking_uri,
+                      profile_path=profile, artifact_root=artifact_root)
+        write_record(record_path, status=RECORD_LOGGED, round=_own_round(record_path),
+                     tracking_uri=tracking_uri, runs=ids, run_dir=str(run_dir),
+                     studies=studies, profile=profile)
+        logged_runs[key] = ids
+        log(f"logged run {key}: {ids}")
+
+    logged_studies: dict[str, str] = {}
+    for study_dir in study_dirs:
+        record_path = records / "studies" / f"{study_dir.name}.json"
+        run_id = log_study(study_dir.name, study_dir, tracking_uri=tracking_uri,
+                           artifact_root=artifact_root)
+        write_record(record_path, status=RECORD_LOGGED, round=_own_round(record_path),
+                     tracking_uri=tracking_uri, study=study_dir.name, run_id=run_id,
+                     dir=str(study_dir))
+        logged_studies[study_dir.name] = run_id
+        log(f"logged study {study_dir.name}: run {run_id}")
+    return {"experiments": experiments, "runs": logged_runs, "studies": logged_studies,
+            "unassigned": unassigned}
+
+
+def _own_round(path: Path) -> int:
+    """The round a record was written under (kept when sync rewrites it, so the params of
+    the job that wrote it still match and Snakemake does not rerun it)."""
+    rec = read_record(path) or {}
+    try:
+        return int(rec.get("round", 0))
+    except (TypeError, ValueError):
+        return 0

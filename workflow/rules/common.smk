@@ -1,6 +1,7 @@
 # Validation of the config, the plan of runs, and the helpers every rule uses.
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -60,14 +61,96 @@ def _generate_params(w):
     return f"--seed {g['seed']} --train {g['train']} --val {g['val']} --height {g['height']} --width {g['width']}"
 
 
+# -- data: a real dataset either lives at `root:` (read in place) or is downloaded once per
+# source into results/downloads/{source}/ and extracted into results/raw/{source}/
+from segbench.data.download import SOURCES as DOWNLOAD_SOURCES, archives_of  # noqa: E402
+
+ARCHIVE_NAMES = sorted({a for s in DOWNLOAD_SOURCES for a in archives_of(s)})
+
+
+def _downloads(ds) -> bool:
+    return ds["source"] != "synthetic" and not ds.get("root")
+
+
+def _source_entries(source):
+    """The dataset entries that download `source`, in config order."""
+    return [ds for ds in CFG["datasets"].values() if ds["source"] == source and _downloads(ds)]
+
+
+def _download_setting(source, key):
+    """A `download:` setting of a source; the first entry that sets it wins."""
+    for ds in _source_entries(source):
+        value = (ds.get("download") or {}).get(key)
+        if value:
+            return value
+    return None
+
+
+def source_archives(source):
+    """The archives a source needs (VOC needs SBD's only for trainaug)."""
+    if source == "voc":
+        from segbench.data.voc import archives_needed
+
+        return archives_needed(any(ds.get("trainaug", True) for ds in _source_entries(source)))
+    return list(archives_of(source))
+
+
+def _archives(w):
+    return [f"results/downloads/{w.source}/{a}" for a in source_archives(w.source)]
+
+
+def _verified(w):
+    return [f"{p}.verified" for p in _archives(w)]
+
+
+def _download_args(w):
+    if w.source == "cityscapes":
+        args = []
+        if _download_setting("cityscapes", "site"):
+            args.append(f"--site {shlex.quote(_download_setting('cityscapes', 'site'))}")
+        if _download_setting("cityscapes", "credentials"):  # a file name; the login itself never passes here
+            args.append(f"--credentials {shlex.quote(_download_setting('cityscapes', 'credentials'))}")
+        return " ".join(args)
+    url = (_download_setting(w.source, "urls") or {}).get(w.archive)
+    return f"--url {shlex.quote(f'{w.archive}={url}')}" if url else ""
+
+
+def _verify_args(w):
+    md5 = (_download_setting(w.source, "md5") or {}).get(w.archive)
+    return f"--md5 {md5}" if md5 else ""
+
+
+def datasets_regex(synthetic):
+    """A wildcard constraint matching exactly the configured dataset names of one kind."""
+    names = [n for n, ds in CFG["datasets"].items() if (ds["source"] == "synthetic") == synthetic]
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
 def _prepare_input(w):
     ds = PLAN.dataset(w.dataset)
-    return {"raw": f"results/data/{w.dataset}/raw"} if ds["source"] == "synthetic" else {}
+    if ds["source"] == "synthetic":
+        return {"raw": f"results/data/{w.dataset}/raw"}
+    return {"raw": f"results/raw/{ds['source']}"} if _downloads(ds) else {}
 
 
 def _prepare_root(w):
     ds = PLAN.dataset(w.dataset)
-    return f"results/data/{w.dataset}/raw" if ds["source"] == "synthetic" else ds["root"]
+    if ds["source"] == "synthetic":
+        return f"results/data/{w.dataset}/raw"
+    return f"results/raw/{ds['source']}" if _downloads(ds) else ds["root"]
+
+
+def _prepare_options(w):
+    ds = PLAN.dataset(w.dataset)
+    opts = []
+    if ds.get("allow_partial"):
+        opts.append("--allow-partial")
+    if ds["source"] == "voc":
+        if not ds.get("trainaug", True):
+            opts.append("--no-trainaug")
+        if ds.get("sbd_root") and not _downloads(ds):
+            opts.append(f"--sbd-root {shlex.quote(ds['sbd_root'])}")
+    return " ".join(opts)
 
 
 def _report_runs(w):

@@ -1,5 +1,6 @@
-# Datasets: generate (synthetic) or read an existing copy, then prepare into
-# results/data/{dataset}/manifest.csv + train-id label PNGs.
+# Datasets: generate (synthetic), or read an existing copy (`root:`), or
+# download -> verify -> extract once per source; then prepare each dataset entry into
+# results/data/{dataset}/manifest.csv + train-id label PNGs. See docs/datasets.md.
 
 
 rule generate_synthetic:
@@ -19,12 +20,85 @@ rule generate_synthetic:
         "python -m segbench generate {output} {params.args} > {log} 2>&1"
 
 
+# Resumable: a cut download keeps results/downloads/{source}/{archive}.part (Cityscapes:
+# .partial/{archive}) and the next run continues it. Cityscapes' login comes from the
+# environment or the file named by download.credentials; it never appears in a command or log.
+rule download_archive:
+    output:
+        "results/downloads/{source}/{archive}",
+    wildcard_constraints:
+        source="|".join(DOWNLOAD_SOURCES),
+        archive="|".join(re.escape(a) for a in ARCHIVE_NAMES),
+    params:
+        args=_download_args,
+        dir=lambda w, output: os.path.dirname(output[0]),
+    log:
+        "results/logs/download/{source}/{archive}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=24 * 60,
+    conda:
+        ENV
+    shell:
+        "python -m segbench download {wildcards.source} --archive {wildcards.archive} --dir {params.dir} "
+        "{params.args} --no-input > {log} 2>&1"
+
+
+# A mismatch deletes the archive (the next run downloads it again) and shows both MD5s.
+rule verify_archive:
+    input:
+        "results/downloads/{source}/{archive}",
+    output:
+        "results/downloads/{source}/{archive}.verified",
+    wildcard_constraints:
+        source="|".join(DOWNLOAD_SOURCES),
+        archive="|".join(re.escape(a) for a in ARCHIVE_NAMES),
+    params:
+        md5=_verify_args,
+    log:
+        "results/logs/verify/{source}/{archive}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "python -m segbench verify {input:q} --source {wildcards.source} {params.md5} --out {output:q} "
+        "> {log} 2>&1"
+
+
+# Refuses absolute paths, '..' and links leading out; checks the free space first.
+rule extract_archives:
+    input:
+        archives=_archives,
+        verified=_verified,
+    output:
+        directory("results/raw/{source}"),
+    wildcard_constraints:
+        source="|".join(DOWNLOAD_SOURCES),
+    log:
+        "results/logs/extract/{source}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=240,
+    conda:
+        ENV
+    shell:
+        "python -m segbench extract {input.archives:q} --to {output:q} > {log} 2>&1"
+
+
+# The synthetic dataset (generated above).
 rule prepare:
     input:
         unpack(_prepare_input),
     output:
         manifest="results/data/{dataset}/manifest.csv",
         meta="results/data/{dataset}/meta.json",
+    wildcard_constraints:
+        dataset=datasets_regex(synthetic=True),
     params:
         source=lambda w: PLAN.dataset(w.dataset)["source"],
         root=_prepare_root,
@@ -41,3 +115,32 @@ rule prepare:
     shell:
         "python -m segbench prepare {params.source} --root {params.root:q} --out {params.out} "
         "--labels {params.labels} --name {wildcards.dataset} > {log} 2>&1"
+
+
+# A real dataset, from `root:` or from results/raw/{source}; split sizes are checked
+# against the published counts unless `allow_partial: true`.
+rule prepare_dataset:
+    input:
+        unpack(_prepare_input),
+    output:
+        manifest="results/data/{dataset}/manifest.csv",
+        meta="results/data/{dataset}/meta.json",
+    wildcard_constraints:
+        dataset=datasets_regex(synthetic=False),
+    params:
+        source=lambda w: PLAN.dataset(w.dataset)["source"],
+        root=_prepare_root,
+        labels=lambda w: PLAN.dataset(w.dataset)["labels"],
+        options=_prepare_options,
+        out=lambda w, output: os.path.dirname(output.manifest),
+    log:
+        "results/logs/prepare/{dataset}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=240,
+    conda:
+        ENV
+    shell:
+        "python -m segbench prepare {params.source} --root {params.root:q} --out {params.out} "
+        "--labels {params.labels} --name {wildcards.dataset} {params.options} > {log} 2>&1"

@@ -19,7 +19,7 @@ rule evaluate:
         "results/logs/evaluate/{dataset}/{model}/{loss}/s{seed}.log",
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=60,
         gpu=1,
     conda:
@@ -42,8 +42,9 @@ rule profile:
         classes=r"\d+",
         height=r"\d+",
         width=r"\d+",
-    # all cores: timings are taken with nothing else running
-    threads: workflow.cores
+    # locally all cores: timings are taken with nothing else running. On a cluster (and
+    # inside a cluster job, whose --cores is the whole node) profile.threads of the config.
+    threads: lambda w: CFG["profile"]["threads"] if workflow.non_local_exec or workflow.remote_exec else workflow.cores
     resources:
         mem_mb=4000,
         runtime=30,

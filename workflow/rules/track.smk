@@ -1,14 +1,35 @@
 # MLflow: one job creates the store and the experiments before any run is logged (a fresh
 # sqlite store written by parallel jobs dies in a migration race), then each run directory
 # is logged (idempotently: a tag holds the run key), then each study's tables and figures.
+#
+# MLflow is a view of the files, so its failure never fails the pipeline: a track job whose
+# store is down or broken writes its record with status "skipped" (why, and how to sync
+# later) and exits 0; tables and figures come from the files all the same. The record's
+# `round` is a param of its job (tracking.record_round): a skipped record raises it, so the
+# next `snakemake` reruns exactly the skipped track jobs (Snakemake's params trigger), and
+# `segbench sync` logs everything at once and marks the records logged.
+from segbench.tracking import is_server, read_record, record_round, RECORD_SKIPPED
+
+# new experiments keep their artifacts beside a local store; a tracking server stores them
+# where `mlflow server --artifacts-destination` says (scripts/mlflow_server.sh)
+TRACK_ARTIFACTS = "" if is_server(TRACKING_URI) else "--artifact-root results/mlartifacts"
+
+
+# The record of each track job. (The `round` params below take only wildcards: Snakemake
+# leaves params computed from input/output out of its params trigger.)
+INIT_RECORD = "results/mlflow/init.json"
+RUN_RECORD = "results/mlflow/runs/{dataset}/{model}/{loss}/s{seed}.json"
+STUDY_RECORD = "results/mlflow/studies/{study}.json"
 
 
 rule mlflow_init:
     output:
-        "results/mlflow/init.json",
+        INIT_RECORD,
     params:
         studies=" ".join(f"--study {s}" for s in PLAN.studies),
         uri=TRACKING_URI,
+        artifacts=TRACK_ARTIFACTS,
+        round=lambda w: record_round(INIT_RECORD),
     log:
         "results/logs/mlflow/init.log",
     threads: 1
@@ -18,23 +39,24 @@ rule mlflow_init:
     conda:
         ENV
     shell:
-        "python -m segbench track-init {params.studies} --tracking-uri {params.uri:q} "
-        "--artifact-root results/mlartifacts --out {output} > {log} 2>&1"
+        "python -m segbench track-init {params.studies} --tracking-uri {params.uri:q} {params.artifacts} "
+        "--on-error skip --round {params.round} --out {output} > {log} 2>&1"
 
 
 rule track_run:
     input:
-        init="results/mlflow/init.json",
+        init=INIT_RECORD,
         run=f"{RUN_DIR}/run.json",
         history=f"{RUN_DIR}/history.csv",
         metrics=f"{RUN_DIR}/metrics.json",
         profile=lambda w: PLAN.profile_path(run_of(w)),
     output:
-        "results/mlflow/runs/{dataset}/{model}/{loss}/s{seed}.json",
+        RUN_RECORD,
     params:
         studies=lambda w: " ".join(f"--study {s}" for s in PLAN.studies_of(run_of(w))),
         uri=TRACKING_URI,
         run_dir=lambda w, input: os.path.dirname(input.run),
+        round=lambda w: record_round(RUN_RECORD.format(dataset=w.dataset, model=w.model, loss=w.loss, seed=w.seed)),
     log:
         "results/logs/mlflow/runs/{dataset}/{model}/{loss}/s{seed}.log",
     threads: 1
@@ -45,19 +67,20 @@ rule track_run:
         ENV
     shell:
         "python -m segbench track {params.run_dir} {params.studies} --tracking-uri {params.uri:q} "
-        "--profile {input.profile} --out {output} > {log} 2>&1"
+        "--profile {input.profile} --on-error skip --round {params.round} --out {output} > {log} 2>&1"
 
 
 rule track_study:
     input:
-        init="results/mlflow/init.json",
+        init=INIT_RECORD,
         runs=lambda w: [f"results/mlflow/runs/{r.key}.json" for r in study_runs(w.study)],
         report="results/studies/{study}/tables/summary.md",
     output:
-        "results/mlflow/studies/{study}.json",
+        STUDY_RECORD,
     params:
         uri=TRACKING_URI,
         dir=lambda w, input: os.path.dirname(os.path.dirname(input.report)),
+        round=lambda w: record_round(STUDY_RECORD.format(study=w.study)),
     log:
         "results/logs/mlflow/studies/{study}.log",
     threads: 1
@@ -68,4 +91,17 @@ rule track_study:
         ENV
     shell:
         "python -m segbench track-study {wildcards.study} --dir {params.dir} "
-        "--tracking-uri {params.uri:q} --out {output} > {log} 2>&1"
+        "--tracking-uri {params.uri:q} --on-error skip --round {params.round} --out {output} > {log} 2>&1"
+
+
+onsuccess:
+    # a reminder when MLflow is behind the files (the pipeline itself succeeded)
+    if MLFLOW:
+        records = [INIT_RECORD] + [STUDY_RECORD.format(study=s) for s in PLAN.studies] + [
+            RUN_RECORD.format(dataset=r.dataset, model=r.model, loss=r.loss, seed=r.seed) for r in PLAN.runs]
+        skipped = [p for p in records if (read_record(p) or {}).get("status") == RECORD_SKIPPED]
+        if skipped:
+            print(f"\nMLflow ({TRACKING_URI}) was skipped for {len(skipped)} track step(s), e.g. "
+                  f"{skipped[0]}: {(read_record(skipped[0]) or {}).get('reason', '?')}\n"
+                  "The results are complete on disk. Once the store is reachable, run snakemake "
+                  "again (it retries exactly these steps) or `segbench sync`.", file=sys.stderr)

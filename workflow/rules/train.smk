@@ -16,9 +16,14 @@ rule train:
         out=lambda w, output: os.path.dirname(output.run),
     log:
         "results/logs/train/{dataset}/{model}/{loss}/s{seed}.log",
-    threads: lambda w: min(PLAN.train_spec(w.dataset, w.model)["threads"], workflow.cores)
+    # train.threads of the config; Snakemake caps it at --cores locally (no workflow.cores
+    # here: a cluster run has none). On SLURM a GPU job gets cpus_per_gpu CPUs per GPU
+    # instead (workflow/profiles/slurm): torch uses `threads` of them, the DataLoader
+    # workers the rest (engine/train.py).
+    threads: lambda w: PLAN.train_spec(w.dataset, w.model)["threads"]
     resources:
-        mem_mb=6000,
+        # a retry (profiles: retries 1) gets twice the memory
+        mem_mb=lambda w, attempt: 6000 * attempt,
         runtime=600,
         gpu=1,
     conda:

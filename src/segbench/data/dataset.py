@@ -100,3 +100,20 @@ def seed_worker(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None) if info else None
     if transform is not None and hasattr(transform, "set_random_seed"):
         transform.set_random_seed(seed)
+
+
+def pad_collate(batch, multiple: int = 32, ignore_index: int = 255):
+    """Collate val samples of different sizes (ADE20K, VOC): pad each image at the bottom and
+    right to the batch's largest size rounded up to ``multiple`` (zeros after
+    normalisation) and each label with ``ignore_index``, so the padding is never scored.
+    The logits at labelled pixels are those of the padded input, as in mmsegmentation's
+    whole-image inference with size_divisor."""
+    h = max(img.shape[-2] for img, _, _ in batch)
+    w = max(img.shape[-1] for img, _, _ in batch)
+    h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    images = torch.zeros(len(batch), batch[0][0].shape[0], h, w, dtype=batch[0][0].dtype)
+    labels = torch.full((len(batch), h, w), ignore_index, dtype=torch.int64)
+    for i, (img, lab, _) in enumerate(batch):
+        images[i, :, : img.shape[-2], : img.shape[-1]] = img
+        labels[i, : lab.shape[-2], : lab.shape[-1]] = lab
+    return images, labels, torch.tensor([idx for _, _, idx in batch])

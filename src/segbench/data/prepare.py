@@ -23,6 +23,13 @@ only opened up to their header (size), not decoded.
 
 Each file is written atomically; an existing manifest is removed first and the new one is
 written last, so a manifest exists only after a complete, successful run.
+
+The other datasets (ADE20K, PASCAL VOC 2012 + SBD, BDD100K) live in their own modules and
+share the helpers at the end of this file: :func:`check_split_sizes` (split sizes against
+the published counts, a warning instead of a failure with ``allow_partial``),
+:func:`pair_by_stem`, :func:`read_png_ids` and :func:`write_prepared`, which checks and
+converts every label and writes ``labels/``, ``meta.json`` and ``manifest.csv`` as above.
+:func:`prepare` dispatches on the dataset source.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +59,22 @@ from segbench.data.cityscapes_labels import (
 )
 from segbench.io import atomic_path, write_json, write_text
 
-__all__ = ["prepare_cityscapes", "IMAGE_SUFFIX", "LABEL_SUFFIX", "OUTPUT_SUFFIX"]
+__all__ = [
+    "prepare",
+    "prepare_cityscapes",
+    "IMAGE_SUFFIX",
+    "LABEL_SUFFIX",
+    "OUTPUT_SUFFIX",
+    "PARTIAL_HINT",
+    "Sample",
+    "LabelError",
+    "warn",
+    "check_split_sizes",
+    "pair_by_stem",
+    "read_png_ids",
+    "value_lut",
+    "write_prepared",
+]
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -156,11 +180,15 @@ def prepare_cityscapes(
     splits: Sequence[str] = ("train", "val"),
     dataset: str = "cityscapes",
     progress: bool = True,
+    expected: Mapping[str, int] | None = None,
+    allow_partial: bool = False,
 ) -> dict[str, Any]:
     """Convert the Cityscapes tree at ``root`` into ``out/{labels/, meta.json, manifest.csv}``.
 
     ``label_set`` is ``"trainId"`` (19 classes) or ``"category"`` (7 categories); ``dataset``
-    is the name recorded in ``meta.json``. Returns the ``meta.json`` content. Raises
+    is the name recorded in ``meta.json``. ``expected`` (split -> published number of
+    images, e.g. :data:`segbench.data.cityscapes.SPLIT_SIZES`) turns on the split-size
+    check, a warning only with ``allow_partial``. Returns the ``meta.json`` content. Raises
     :class:`DataError` listing every problem found in the input (nothing is written to
     the manifest then), and ``ValueError`` for a bad argument.
     """
@@ -186,6 +214,9 @@ def prepare_cityscapes(
 
     problems: list[str] = []
     pairs_by_split = {split: _scan_split(root_p, split, problems) for split in splits}
+    count_problems = check_split_sizes({s: len(p) for s, p in pairs_by_split.items()}, expected or {},
+                                       where=str(root_p), allow_partial=allow_partial)
+    problems += count_problems
     rows: list[tuple[str, str, str, str]] = []
     written: dict[str, set[Path]] = {split: set() for split in splits}
     for split, pairs in pairs_by_split.items():
@@ -210,7 +241,8 @@ def prepare_cityscapes(
             problems,
             "Each leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png needs gtFine/{split}/{city}/"
             "{stem}_gtFine_labelIds.png of the same size holding label ids 0..33. Fix or remove the files "
-            "listed (re-extracting the archives helps for a real copy), then run again.",
+            "listed (re-extracting the archives helps for a real copy), then run again."
+            + (f" {PARTIAL_HINT}" if count_problems else ""),
         )
 
     # drop converted labels of this label set that an earlier run left and this one did not write
@@ -235,3 +267,222 @@ def prepare_cityscapes(
     writer.writerows(rows)
     write_text(manifest_path, buf.getvalue())  # last: its presence means the run completed
     return meta
+
+
+# ====================================================================== shared helpers
+PARTIAL_HINT = (
+    "An incomplete copy: re-extract the archives (or delete the extracted folder so that the workflow "
+    "downloads and extracts them again). To benchmark on a subset on purpose, pass --allow-partial "
+    "(config: the dataset's `allow_partial: true`)."
+)
+
+
+class LabelError(Exception):
+    """A label file that cannot be used; the message says why (the caller adds the path)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its label file, before conversion."""
+
+    split: str
+    #: output file name without extension, unique within the split
+    stem: str
+    image: Path
+    label: Path
+    #: values of the extra manifest columns, in order
+    extra: tuple[str, ...] = ()
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def check_split_sizes(found: Mapping[str, int], expected: Mapping[str, int], *, where: str,
+                      allow_partial: bool = False) -> list[str]:
+    """Problems for splits that have fewer samples than published (warnings with ``allow_partial``).
+
+    A split with more samples than published only warns. Splits without a published count
+    are not checked.
+    """
+    problems = []
+    for split, n in found.items():
+        want = expected.get(split)
+        if want is None:
+            continue
+        if n < want:
+            msg = f"split '{split}': {n:,} of the {want:,} published samples found in {where} ({want - n:,} missing)"
+            if allow_partial:
+                warn(f"{msg}; going on with a partial copy (allow_partial)")
+            else:
+                problems.append(msg)
+        elif n > want:
+            warn(f"split '{split}': {n:,} samples found in {where}, more than the {want:,} published")
+    return problems
+
+
+def pair_by_stem(split: str, img_dir: Path, img_pattern: str, lab_dir: Path, lab_pattern: str,
+                 problems: list[str]) -> list[tuple[str, Path, Path]]:
+    """[(stem, image, label)] for files of the two folders that share a stem; problems appended
+    for a missing or empty folder and for an image without a label or the reverse."""
+    ok = True
+    for folder in (img_dir, lab_dir):
+        if not folder.is_dir():
+            problems.append(f"split '{split}': folder {folder} is missing")
+            ok = False
+    if not ok:
+        return []
+    images = {p.stem: p for p in sorted(img_dir.glob(img_pattern))}
+    labels = {p.stem: p for p in sorted(lab_dir.glob(lab_pattern))}
+    if not images:
+        problems.append(f"split '{split}': no {img_pattern} files in {img_dir}")
+    if not labels:
+        problems.append(f"split '{split}': no {lab_pattern} files in {lab_dir}")
+    if not images or not labels:
+        return []
+    pairs = []
+    for stem, img in images.items():
+        if stem in labels:
+            pairs.append((stem, img, labels[stem]))
+        else:
+            problems.append(f"{img}: image without a label file (expected {lab_dir / (stem + Path(lab_pattern).suffix)})")
+    for stem, lab in labels.items():
+        if stem not in images:
+            problems.append(f"{lab}: label without an image (expected {img_dir / (stem + Path(img_pattern).suffix)})")
+    return pairs
+
+
+def read_png_ids(path: Path, what: str = "label ids") -> np.ndarray:
+    """The raw 8-bit values of a single-channel (L) or palette (P) PNG: palette indices are
+    read as they are, never converted through RGB."""
+    with Image.open(path) as im:
+        if im.mode not in ("L", "P"):
+            mode = _MODE_NAMES.get(im.mode, f"mode {im.mode}")
+            raise LabelError(f"label PNG is {mode} (mode {im.mode}); expected single-channel 8-bit or palette "
+                             f"indices holding {what} - use the label files from the original archive, not a "
+                             "colour-converted copy")
+        return np.asarray(im)
+
+
+def value_lut(mapping: Mapping[int, int]) -> np.ndarray:
+    """A lookup table value -> output id (int16, length 256); values not in ``mapping`` are -1 (invalid)."""
+    lut = np.full(256, -1, dtype=np.int16)
+    for k, v in mapping.items():
+        lut[k] = v
+    return lut
+
+
+def write_prepared(
+    samples: Mapping[str, Sequence[Sample]],
+    out: str | os.PathLike[str],
+    *,
+    dataset: str,
+    source: str,
+    read_label: Callable[[Path], np.ndarray],
+    lut: np.ndarray,
+    valid: str,
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    problems: list[str],
+    header: str,
+    hint: str,
+    extra_columns: Sequence[str] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Check and convert every sample's label, then write ``labels/``, ``meta.json``, ``manifest.csv``.
+
+    ``read_label(path)`` returns the raw values (or raises :class:`LabelError`); ``lut``
+    (see :func:`value_lut`) maps them to train ids, -1 marking a value that may not occur
+    (``valid`` describes the allowed ones for the message). Images are only opened up to
+    their header. Problems found before (``problems``) and during the pass are raised
+    together as one :class:`DataError` with ``header`` and ``hint``; nothing is written to
+    the manifest then. Labels are written as ``labels/{split}/{stem}.png``; the manifest
+    has ``split,image,label`` and the ``extra_columns``, paths relative to ``out``.
+    """
+    out_p = Path(out).absolute()
+    manifest_path, meta_path = out_p / "manifest.csv", out_p / "meta.json"
+    manifest_path.unlink(missing_ok=True)  # a manifest must only ever describe a complete run
+    meta_path.unlink(missing_ok=True)
+    rows: list[tuple[str, ...]] = []
+    written: dict[str, set[Path]] = {split: set() for split in samples}
+    for split, items in samples.items():
+        it: Any = items
+        if progress and os.environ.get("SEGBENCH_NO_PROGRESS") != "1":
+            from tqdm import tqdm
+
+            it = tqdm(items, desc=f"prepare {split}", unit="img", mininterval=0.2 if sys.stderr.isatty() else 10.0)
+        for s in it:
+            try:
+                with Image.open(s.image) as im:
+                    img_size = im.size
+            except Exception as e:  # noqa: BLE001 - any unreadable file is a data problem
+                problems.append(f"{s.image}: cannot read image ({e.__class__.__name__}: {e})")
+                continue
+            try:
+                ids = read_label(s.label)
+            except LabelError as e:
+                problems.append(f"{s.label}: {e}")
+                continue
+            except Exception as e:  # noqa: BLE001
+                problems.append(f"{s.label}: cannot read label ({e.__class__.__name__}: {e})")
+                continue
+            if ids.ndim != 2 or (ids.shape[1], ids.shape[0]) != img_size:
+                shape = "x".join(map(str, ids.shape[::-1]))
+                problems.append(f"{s.label}: label size {shape} differs from image {s.image.name} size "
+                                f"{img_size[0]}x{img_size[1]} (width x height)")
+                continue
+            present = np.nonzero(np.bincount(ids.ravel(), minlength=256))[0]
+            bad = present[lut[present] < 0]
+            if bad.size:
+                shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+                problems.append(f"{s.label}: contains value{'s' if bad.size > 1 else ''} {shown} "
+                                f"(valid: {valid})")
+                continue
+            if problems:  # once anything is wrong, only keep checking
+                continue
+            dst = out_p / "labels" / split / f"{s.stem}.png"
+            with atomic_path(dst) as tmp:
+                Image.fromarray(lut[ids].astype(np.uint8)).save(tmp, format="PNG")
+            written[split].add(dst)
+            rows.append((split, Path(os.path.relpath(s.image, out_p)).as_posix(),
+                         Path(os.path.relpath(dst, out_p)).as_posix(), *s.extra))
+    if problems:
+        raise DataError.from_problems(header, problems, hint)
+    for split in samples:  # drop labels an earlier run left and this one did not write
+        for p in (out_p / "labels" / split).glob("*.png"):
+            if p not in written[split]:
+                p.unlink()
+    meta: dict[str, Any] = {
+        "dataset": dataset,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "palette": [[int(v) for v in c] for c in palette],
+        "ignore_index": IGNORE_INDEX,
+        "splits": {split: len(written[split]) for split in samples},
+        "source": source,
+    }
+    write_json(meta_path, meta)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("split", "image", "label", *extra_columns))
+    writer.writerows(rows)
+    write_text(manifest_path, buf.getvalue())  # last: its presence means the run completed
+    return meta
+
+
+# ====================================================================== dispatch
+def prepare(source: str, root: str | os.PathLike[str], out: str | os.PathLike[str], *, dataset: str | None = None,
+            labels: str = "trainId", allow_partial: bool = False, progress: bool = True,
+            **options: Any) -> dict[str, Any]:
+    """Prepare a dataset of any source (``synthetic``, ``cityscapes``, ``ade20k``, ``voc``,
+    ``bdd100k``) from ``root`` into ``out``; ``options`` go to the source's ``prepare``
+    (VOC: ``trainaug``, ``sbd_root``). Real datasets are checked against their published
+    split sizes; the synthetic one is not."""
+    if source == "synthetic":
+        if options:
+            raise ValueError(f"the synthetic source takes no options, got {sorted(options)}")
+        return prepare_cityscapes(root, out, label_set=labels, dataset=dataset or source, progress=progress)
+    from segbench.data.download import source_module
+
+    return source_module(source).prepare(root, out, dataset=dataset or source, labels=labels,
+                                         allow_partial=allow_partial, progress=progress, **options)

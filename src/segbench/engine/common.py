@@ -1,23 +1,141 @@
-"""Helpers shared by training, evaluation and profiling."""
+"""Helpers shared by training, evaluation and profiling: device, threads, reproducibility.
+
+Reproducibility and speed (what :func:`setup_torch` does)
+---------------------------------------------------------
+* CPU: deterministic algorithms on. The same spec with the same thread count gives the same
+  numbers, bit for bit (the SLURM test compares a cluster run with a local one this way).
+* GPU: speed first. ``cudnn.benchmark`` autotunes the convolutions for the fixed crop size
+  (a few slow first iterations, then the fastest kernels), TF32 is allowed, and deterministic
+  algorithms are off; training adds AMP and channels_last (see ``engine/train.py``). GPU runs
+  are reproducible to within floating-point noise, not bit for bit: AMP, autotuned kernels and
+  atomic adds already make bitwise equality costly, and the benchmark compares methods, whose
+  differences are far above that noise. ``SEGBENCH_DETERMINISTIC=1`` trades the speed back
+  (benchmark off, deterministic kernels, ``CUBLAS_WORKSPACE_CONFIG`` set).
+* Profiling asks for speed everywhere (``deterministic=False``).
+
+Which GPU
+---------
+A job uses the GPU it is given: under SLURM ``CUDA_VISIBLE_DEVICES`` holds the allocated one,
+so it is device 0. When a job sees several GPUs (a local multi-GPU machine, where Snakemake's
+``--resources gpu=N`` only counts jobs and assigns no devices), it claims one with an
+exclusive ``flock`` on ``$SEGBENCH_GPU_LOCK_DIR/gpu-<uuid>.lock`` (default a per-user folder
+in the temp dir), held until the process exits, so N concurrent jobs land on N different
+GPUs. ``SEGBENCH_DEVICE=cpu`` (or ``cuda:1``) overrides the choice.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
+# The lock file of the GPU this process claimed; kept open (and locked) until exit.
+_GPU_CLAIM = None
 
-def setup_torch(threads: int | None, deterministic: bool = True) -> torch.device:
-    """Pick the device and the CPU thread count; make CPU results reproducible."""
+
+def setup_torch(threads: int | None, deterministic: bool | None = None) -> torch.device:
+    """Pick the device, set the CPU thread count and the speed/reproducibility trade-off.
+
+    ``deterministic``: None (training, evaluation) means bitwise reproducible on CPU and fast
+    on a GPU (unless ``SEGBENCH_DETERMINISTIC=1``); True means reproducible on a GPU too
+    (slower); False means fastest everywhere (profiling). See the module docstring.
+    """
     if threads:
         torch.set_num_threads(threads)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if torch.cuda.is_available():
+    wants_determinism = deterministic is True or (
+        deterministic is None and os.environ.get("SEGBENCH_DETERMINISTIC") == "1")
+    if wants_determinism:
+        # must be set before cuBLAS is initialised
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    device = pick_device()
+    if deterministic is None:
+        deterministic = device.type != "cuda" or wants_determinism
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = not deterministic
-        return torch.device("cuda")
-    return torch.device("cpu")
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cuda.matmul.allow_tf32 = not deterministic
+        torch.backends.cudnn.allow_tf32 = not deterministic
+    return device
+
+
+def pick_device() -> torch.device:
+    """``SEGBENCH_DEVICE`` if set, else the GPU this job is given (one of several visible
+    ones claimed with a lock file), else the CPU."""
+    forced = os.environ.get("SEGBENCH_DEVICE", "").strip()
+    if forced:
+        device = torch.device(forced)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return device
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    index = 0
+    if count > 1:
+        index = _claim_gpu(count)
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def _gpu_ids(count: int) -> list[str]:
+    ids = []
+    for i in range(count):
+        uuid = getattr(torch.cuda.get_device_properties(i), "uuid", None)
+        ids.append(str(uuid) if uuid else f"index{i}")
+    return ids
+
+
+def gpu_lock_dir() -> Path:
+    return Path(os.environ.get("SEGBENCH_GPU_LOCK_DIR")
+                or Path(tempfile.gettempdir()) / f"segbench-gpu-locks-{os.getuid()}")
+
+
+def claim_free(ids: list[str], lock_dir: Path):
+    """Lock the first of ``ids`` no other process holds: (index, open lock file) or (None, None)."""
+    import fcntl
+
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for i, ident in enumerate(ids):
+        fh = open(lock_dir / f"gpu-{ident}.lock", "a")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        return i, fh
+    return None, None
+
+
+def _claim_gpu(count: int) -> int:
+    global _GPU_CLAIM
+    index, fh = claim_free(_gpu_ids(count), gpu_lock_dir())
+    if index is not None:
+        _GPU_CLAIM = fh
+        return index
+    # more concurrent jobs than GPUs (e.g. --resources gpu=N with N too large): share the
+    # GPU with the most free memory rather than fail
+    free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
+    index = max(range(count), key=free.__getitem__)
+    print(f"warning: all {count} visible GPUs are claimed by other segbench jobs; sharing GPU {index}. "
+          f"Limit concurrent GPU jobs with `--resources gpu={count}`.", file=sys.stderr, flush=True)
+    return index
+
+
+def job_cpus(threads: int | None = None) -> int:
+    """The CPUs this job was given: SLURM's allocation on this node inside a SLURM job,
+    else the threads Snakemake gave it, else every CPU this process may run on."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_ON_NODE", "")
+    if os.environ.get("SLURM_JOB_ID") and slurm.isdigit() and int(slurm) > 0:
+        return min(int(slurm), usable)
+    return min(threads, usable) if threads else usable
 
 
 def progress_kwargs(enabled: bool = True) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segbench.data.dataset import SegmentationDataset
+from segbench.data.dataset import SegmentationDataset, pad_collate
 from segbench.engine.common import progress_kwargs, setup_torch
 from segbench.io import atomic_path, read_json, write_json
 from segbench.metrics import confusion_matrix, scores
@@ -35,6 +35,18 @@ def load_trained(run_dir: str | Path, device: torch.device | str = "cpu"):
     return model.to(device).eval(), record
 
 
+def _stack(arrays: list[np.ndarray], shape: tuple, fill: int) -> np.ndarray:
+    """Stack samples into one uint8 array of the first sample's size (cropping or padding
+    the others with ``fill``), so val sets of varying image sizes keep one array."""
+    if arrays:
+        shape = arrays[0].shape
+    out = np.full((len(arrays), *shape), fill, dtype=np.uint8)
+    for i, a in enumerate(arrays):
+        hh, ww = min(a.shape[0], shape[0]), min(a.shape[1], shape[1])
+        out[i, :hh, :ww] = a[:hh, :ww]
+    return out
+
+
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int = 4, samples: int = 4,
                  threads: int | None = None, progress: bool = True) -> dict:
     run_dir, data_dir = Path(run_dir), Path(data_dir)
@@ -42,7 +54,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int =
     model, record = load_trained(run_dir, device)
     num_classes = record["num_classes"]
     ds = SegmentationDataset(data_dir / "manifest.csv", "val", None)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0,
+                                         collate_fn=pad_collate)
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     kept = {"images": [], "labels": [], "preds": [], "names": []}
     t0, pixels = time.time(), 0
@@ -55,9 +68,10 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int =
             for j, i in enumerate(idx.tolist()):
                 if len(kept["names"]) < samples:
                     image, label = ds.raw(i)
+                    lh, lw = label.shape
                     kept["images"].append(image)
                     kept["labels"].append(label)
-                    kept["preds"].append(pred[j].to(torch.uint8).cpu().numpy())
+                    kept["preds"].append(pred[j, :lh, :lw].to(torch.uint8).cpu().numpy())
                     kept["names"].append(ds.name(i))
     seconds = time.time() - t0
     conf = conf.cpu()
@@ -73,9 +87,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int =
         with open(tmp, "wb") as f:
             np.save(f, conf.numpy())
     buf = io.BytesIO()
-    np.savez_compressed(buf, images=np.stack(kept["images"]) if kept["images"] else np.zeros((0, h, w, 3), np.uint8),
-                        labels=np.stack(kept["labels"]) if kept["labels"] else np.zeros((0, h, w), np.uint8),
-                        preds=np.stack(kept["preds"]) if kept["preds"] else np.zeros((0, h, w), np.uint8),
+    np.savez_compressed(buf, images=_stack(kept["images"], (h, w, 3), 0),
+                        labels=_stack(kept["labels"], (h, w), 255), preds=_stack(kept["preds"], (h, w), 255),
                         names=np.array(kept["names"], dtype=str))
     with atomic_path(run_dir / "samples.npz") as tmp:
         tmp.write_bytes(buf.getvalue())

@@ -4,6 +4,11 @@ The run's resolved spec (see :mod:`segbench.plan`) fully determines the result o
 every epoch re-seeds torch and the DataLoader's generator from (seed, epoch), so a run
 resumed from the checkpoint of epoch e continues exactly as an uninterrupted one would.
 
+On a GPU a job trains with AMP (float16 autocast + gradient scaling, ``train.amp``),
+channels_last tensors (faster convolutions on tensor cores) and cudnn.benchmark (see
+:func:`segbench.engine.common.setup_torch`). DataLoader workers follow the job's CPUs
+(:func:`loader_workers`).
+
 Files (docs/outputs.md): ``ckpt/last.pt`` after every epoch (not a declared output; a
 checkpoint whose config hash differs from the spec's is ignored), then the declared
 outputs ``model.pt``, ``history.csv`` and, last of all, ``run.json``.
@@ -22,9 +27,9 @@ from tqdm import tqdm
 
 from segbench import IGNORE_INDEX
 from segbench.data import DataError
-from segbench.data.dataset import SegmentationDataset, seed_worker
+from segbench.data.dataset import SegmentationDataset, pad_collate, seed_worker
 from segbench.data.transforms import train_transform
-from segbench.engine.common import progress_kwargs, setup_torch
+from segbench.engine.common import job_cpus, progress_kwargs, setup_torch
 from segbench.io import atomic_path, read_json, write_json, write_text
 from segbench.losses import build_loss
 from segbench.metrics import confusion_matrix, scores
@@ -41,6 +46,20 @@ class NonFiniteLoss(RuntimeError):
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
+
+
+def loader_workers(configured: int, cpus: int, threads: int, device: torch.device) -> int:
+    """DataLoader worker processes for a job with ``cpus`` CPUs and ``threads`` torch threads.
+
+    On a GPU the CPUs exist to feed it: every CPU the torch threads leave free decodes and
+    augments (at least ``train.workers``). On a CPU the torch threads do the work and
+    ``train.workers`` is kept as configured: the worker count decides how the augmentation
+    random streams are split, so keeping it fixed keeps CPU results independent of the
+    allocation (same spec + same threads -> same numbers).
+    """
+    if device.type != "cuda":
+        return configured
+    return max(configured, cpus - threads)
 
 
 def make_optimizer(model: torch.nn.Module, spec: dict) -> torch.optim.Optimizer:
@@ -78,6 +97,8 @@ def validate(model, loader, loss_fn, num_classes, device, amp: bool) -> tuple[fl
     total, pixels = 0.0, 0
     for images, labels, _ in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(images)
         n = int((labels != IGNORE_INDEX).sum())
@@ -109,12 +130,14 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
         raise DataError(f"the train split of {data_dir} has {len(train_ds)} images, fewer than "
                         f"batch_size={tr['batch_size']}; lower train.batch_size")
     gen = torch.Generator()
-    loader_kw = dict(num_workers=tr["workers"], worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
+    threads_used = torch.get_num_threads()
+    workers = loader_workers(tr["workers"], job_cpus(threads_used), threads_used, device)
+    loader_kw = dict(num_workers=workers, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
                      persistent_workers=False)
     train_loader = torch.utils.data.DataLoader(train_ds, batch_size=tr["batch_size"], shuffle=True,
                                                drop_last=True, generator=gen, **loader_kw)
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=spec["eval"]["batch_size"], shuffle=False,
-                                             **loader_kw)
+                                             collate_fn=pad_collate, **loader_kw)
 
     model = build_model(spec["model"]["arch"], num_classes, **spec["model"]["params"]).to(device)
     if device.type == "cuda":
@@ -148,14 +171,15 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
             print(f"ignoring {ckpt_path}: it belongs to another configuration (hash "
                   f"{state.get('config_hash')} != {chash}); training from scratch", flush=True)
 
-    print(f"training {spec['run_key']} on {device} ({torch.get_num_threads()} threads): "
+    print(f"training {spec['run_key']} on {device} ({torch.get_num_threads()} threads, {workers} loader workers"
+          f"{', AMP' if amp else ''}): "
           f"{len(train_ds)} train / {len(val_ds)} val images, {epochs} epochs", flush=True)
     t_start = time.time()
     for epoch in range(start_epoch, epochs):
         t0 = time.time()
         torch.manual_seed(_epoch_seed(seed, epoch))
         gen.manual_seed(_epoch_seed(seed, epoch))
-        if tr["workers"] == 0:
+        if workers == 0:
             transform.set_random_seed(_epoch_seed(seed, epoch))
         model.train()
         conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -215,7 +239,8 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
         "run_key": spec["run_key"], "dataset": spec["dataset"]["name"], "model": spec["model"]["name"],
         "loss": spec["loss"]["name"], "seed": seed, "config": spec, "config_hash": chash,
         "num_classes": num_classes, "class_names": meta["class_names"], "palette": meta["palette"],
-        "device": str(device), "threads": torch.get_num_threads(), "epochs": epochs,
+        "device": str(device), "threads": torch.get_num_threads(), "workers": workers, "amp": amp,
+        "epochs": epochs,
         "train_seconds": sum(r["epoch_seconds"] for r in history),
         "resumed_from_epoch": start_epoch or None, "wall_seconds_this_job": time.time() - t_start,
     }

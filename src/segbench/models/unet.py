@@ -63,6 +63,7 @@ class UNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 64, depth: int = 4, bilinear: bool = False):
         super().__init__()
         self.depth = depth
+        self.input_multiple = max(32, 2**depth)    # the repository's contract: sides multiples of 32
         factor = 2 if bilinear else 1
         chans = [width * 2**i for i in range(depth + 1)]
         self.inc = DoubleConv(in_channels, chans[0])
@@ -75,7 +76,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(chans[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, 2**self.depth, "unet")
+        check_input(x, self.input_multiple, "unet")
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))

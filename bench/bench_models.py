@@ -1,0 +1,171 @@
+"""CPU speed of every model, as a fraction of what a dense convolution achieves on the same
+machine in the same run, so that a slow implementation (a Python loop, a layout copy, a
+memory-bound op dominating) shows up whatever the machine.
+
+For each model: the FLOPs of one forward pass are counted with ``torch.utils.flop_counter``
+(on the meta device); a forward+backward pass is taken as 3x the forward FLOPs (the
+backward of a convolution or matrix product costs two forwards; torch 2.13's counter
+itself counts the input gradient of a grouped convolution as if it were dense: 66x the
+forward instead of 3x for a depth-wise 3x3 on 64 channels, so its backward count is not
+used). The passes
+are timed on real tensors (eval mode and no_grad for forward, train mode for
+forward+backward). Achieved GFLOP/s = FLOPs / time, reported divided by the GFLOP/s of a
+dense 3x3 convolution (128 -> 128 channels on a 64x128 map, batch ``--batch``) timed
+forward and forward+backward in the same run: the four passes (conv f, conv f+b, model f,
+model f+b) run in turn for ``--iterations`` rounds after a warm-up round, and each keeps its
+best time, so a burst of load from other processes on a shared machine cannot make one of
+them look slow alone.
+A ratio near 1 means the model runs at the machine's convolution speed; far below 1 means
+time goes to operations that do little arithmetic (element-wise, pooling, resampling,
+memory traffic) or to a slow implementation.
+
+    python bench/bench_models.py                    # the CPU presets (config.yaml sizes)
+    python bench/bench_models.py --preset paper     # the papers' widths (slow: minutes)
+    python bench/bench_models.py --batch 4 unet gradnet
+
+Input 128x256 (the synthetic dataset's size), batch 2 by default (BN in training needs
+more than one value per channel at the 1x1 image-pooling branches), ``--threads`` 2.
+Ratios are comparable within one run only; the numbers are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from segbench.models import available, build_model  # noqa: E402
+from segbench.models.common import count_parameters  # noqa: E402
+
+# scaled-down versions of the same code that train a step of batch 4 at 128x256 in about
+# 0.05-0.3 s on 2 CPU threads (the proposed config.yaml entries, docs/models.md)
+CPU_PRESETS: dict[str, dict] = {
+    "unet": {"width": 16},
+    "segnet": {"width": 16},
+    "gradnet": {},                                       # the paper's widths are already small
+    "deeplabv3": {"depth": 50, "width": 16},
+    "deeplabv3_pac": {"depth": 50, "width": 16},
+    "van_fpn_frm": {"width": 16},
+    "van_fpn_ppm": {"width": 16},
+    "van_fpn_dappm": {"width": 16},
+    "unet_xception": {"width": 16},
+    "segnet_mobilenet": {"width_mult": 0.5},
+}
+CLASSES = 19
+
+
+def count_flops(model: torch.nn.Module, x: torch.Tensor, train: bool) -> int:
+    """FLOPs of one forward pass (``train``: the training forward, with embedding heads)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        if train and hasattr(model, "forward_train"):
+            model.forward_train(x)
+        else:
+            model(x)
+    return counter.get_total_flops()
+
+
+def fwd_fn(model, x):
+    def run():
+        with torch.no_grad():
+            model(x)
+    return run
+
+
+def train_fn(model, x):
+    def run():
+        model.zero_grad(set_to_none=True)
+        out = model.forward_train(x)["logits"] if hasattr(model, "forward_train") else model(x)
+        out.logsumexp(1).mean().backward()
+    return run
+
+
+def best_times(fns: dict, rounds: int) -> dict:
+    """Best time of each function over ``rounds`` rounds that run all of them in turn (after
+    one warm-up round): a burst of load from another process hits one round of every
+    function alike instead of all the samples of one."""
+    for fn in fns.values():
+        fn()
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def dense_conv_fns(batch: int):
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False)
+    x = torch.randn(batch, 128, 64, 128)
+    xg = x.clone().requires_grad_(True)
+    flops = 2 * batch * 128 * 128 * 9 * 64 * 128
+
+    def fb():
+        conv.zero_grad(set_to_none=True)
+        conv(xg).sum().backward()
+    # backward of a conv: input and weight gradients, each the forward's FLOPs
+    return {"conv_f": fwd_fn(conv, x), "conv_fb": fb}, flops, 3 * flops
+
+
+def bench_model(name: str, params: dict, batch: int, size: tuple[int, int], rounds: int) -> dict:
+    with torch.device("meta"):
+        meta = build_model(name, CLASSES, **params)
+        xm = torch.zeros(batch, 3, *size)
+    flops_f = count_flops(meta.eval(), xm, train=False)
+    flops_fb = 3 * count_flops(meta.train(), xm, train=True)
+    torch.manual_seed(0)
+    model = build_model(name, CLASSES, **params)
+    model_eval = build_model(name, CLASSES, **params).eval()
+    x = torch.randn(batch, 3, *size)
+    conv_fns, conv_f, conv_fb = dense_conv_fns(batch)
+    t = best_times({**conv_fns, "f": fwd_fn(model_eval, x), "fb": train_fn(model.train(), x)}, rounds)
+    return {"model": name, "params": count_parameters(model),
+            "gflop_fwd": flops_f / 1e9, "gflop_fwd_bwd": flops_fb / 1e9,
+            "fwd_s": t["f"], "fwd_bwd_s": t["fb"], "gflops_fwd": flops_f / t["f"] / 1e9,
+            "gflops_fwd_bwd": flops_fb / t["fb"] / 1e9,
+            "conv_fwd": conv_f / t["conv_f"] / 1e9, "conv_fwd_bwd": conv_fb / t["conv_fb"] / 1e9}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help="models (default: all)")
+    ap.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--size", default="128x256")
+    ap.add_argument("--iterations", type=int, default=5, help="timed rounds (best of)")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    size = tuple(int(v) for v in a.size.split("x"))
+    names = a.names or list(available())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {a.size}, batch {a.batch}, "
+          f"preset {a.preset}, best of {a.iterations}", flush=True)
+    rows = []
+    for name in names:
+        params = CPU_PRESETS.get(name, {}) if a.preset == "cpu" else {}
+        rows.append((name, params, bench_model(name, params, a.batch, size, a.iterations)))
+        print(f"  timed {name}", file=sys.stderr, flush=True)
+    head = (f"{'model':<17} {'params':>8} {'GFLOP f':>8} {'f ms':>8} {'GFLOP/s':>8} {'ratio':>6}   "
+            f"{'GFLOP f+b':>9} {'f+b ms':>8} {'GFLOP/s':>8} {'ratio':>6}  {'conv f, f+b':>11}  params")
+    print(head)
+    print("-" * len(head))
+    for name, params, r in rows:
+        print(f"{name:<17} {r['params'] / 1e6:>7.2f}M {r['gflop_fwd']:>8.2f} {r['fwd_s'] * 1e3:>8.1f} "
+              f"{r['gflops_fwd']:>8.1f} {r['gflops_fwd'] / r['conv_fwd']:>6.2f}   {r['gflop_fwd_bwd']:>9.2f} "
+              f"{r['fwd_bwd_s'] * 1e3:>8.1f} {r['gflops_fwd_bwd']:>8.1f} "
+              f"{r['gflops_fwd_bwd'] / r['conv_fwd_bwd']:>6.2f}  "
+              f"{r['conv_fwd']:>5.0f},{r['conv_fwd_bwd']:>5.0f}  {params or 'paper'}", flush=True)
+    print("ratio: the model's GFLOP/s / the dense conv's (128->128 3x3 @64x128 timed in the same rounds as the "
+          "model; its GFLOP/s in the 'conv f, f+b' column)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

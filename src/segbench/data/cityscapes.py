@@ -1,0 +1,293 @@
+"""Cityscapes (Cordts et al., CVPR 2016): login, download through cityscapesscripts, prepare.
+
+The archives sit behind a login at www.cityscapes-dataset.com. The credentials are taken,
+in this order, from
+
+1. a JSON file ``{"username": ..., "password": ...}`` named by ``--credentials FILE`` (the
+   config's ``datasets.NAME.download.credentials``),
+2. the environment variables ``CITYSCAPES_USERNAME`` and ``CITYSCAPES_PASSWORD``,
+3. the file cityscapesscripts' own ``csDownload`` keeps
+   (``~/.local/share/cityscapesscripts/credentials.json``),
+4. a prompt, only when asked for (``interactive=True``) and a terminal is attached.
+
+Otherwise :func:`find_credentials` fails at once with a message saying how to provide
+them, so a workflow never waits on a prompt. The credentials live only in memory: they
+are sent in the site's login form and never printed, logged or written anywhere
+(:class:`Credentials` hides them from ``repr``).
+
+The download itself is cityscapesscripts' (``cityscapesscripts.download.downloader``,
+version 2.3.0): :func:`login` opens a ``requests`` session with the same form post as its
+``login()`` (which can only read the credentials from its file or a prompt), and its
+``download_packages`` lists the packages, fetches the MD5 the site serves, downloads in
+chunks with a progress bar, resumes with an HTTP ``Range`` request and checks the MD5. Around
+it, :func:`download` keeps the partial file in ``{dir}/.partial/`` (a workflow deletes the
+declared outputs of a failed job, never this), resumes after a cut connection, turns an MD5
+mismatch into a :class:`~segbench.data.DataError` showing both checksums (the file is
+deleted), and leaves ``{archive}.md5`` beside the archive for ``segbench verify``.
+
+Preparation is :func:`segbench.data.prepare.prepare_cityscapes` (trainIds or the 7 scored
+categories) with the published split sizes checked.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segbench.data import DataError
+from segbench.data.download import Archive, md5sum
+
+__all__ = [
+    "ARCHIVES",
+    "SPLIT_SIZES",
+    "SITE",
+    "ENV_USERNAME",
+    "ENV_PASSWORD",
+    "Credentials",
+    "find_credentials",
+    "login",
+    "download",
+    "find_root",
+    "prepare",
+]
+
+SITE = "https://www.cityscapes-dataset.com"
+#: the packages behind the login; their MD5 is served by the site at download time
+ARCHIVES: Mapping[str, Archive] = {
+    "gtFine_trainvaltest.zip": Archive("gtFine_trainvaltest.zip", None, None, "241 MB"),
+    "leftImg8bit_trainvaltest.zip": Archive("leftImg8bit_trainvaltest.zip", None, None, "11 GB"),
+}
+#: published number of fine-annotated images per split
+SPLIT_SIZES: Mapping[str, int] = {"train": 2975, "val": 500, "test": 1525}
+NUM_CLASSES = {"trainId": 19, "category": 7}
+ENV_USERNAME = "CITYSCAPES_USERNAME"
+ENV_PASSWORD = "CITYSCAPES_PASSWORD"
+
+HOW_TO_LOG_IN = (
+    "Cityscapes downloads need an account (register at https://www.cityscapes-dataset.com/register/). "
+    f"Provide the login in one of these ways: set the environment variables {ENV_USERNAME} and {ENV_PASSWORD} "
+    "before running; or write a JSON file {\"username\": \"...\", \"password\": \"...\"} (readable only by you, "
+    "outside results/) and name it in the config as `datasets.NAME.download.credentials: FILE` "
+    "(`segbench download cityscapes --credentials FILE` by hand); or run cityscapesscripts' `csDownload -l` once "
+    "and let it store the login. If you already have the dataset, set `datasets.NAME.root:` to it instead and "
+    "nothing is downloaded."
+)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A Cityscapes login; never shown by ``repr`` or ``str``."""
+
+    username: str = field(repr=False)
+    password: str = field(repr=False)
+    #: where they came from (a file path or an environment variable name), for messages
+    origin: str = ""
+
+    def __str__(self) -> str:
+        return f"Cityscapes credentials from {self.origin or 'memory'}"
+
+
+def _cityscapesscripts_file() -> Path:
+    """The credentials file ``csDownload`` keeps (``appdirs.user_data_dir``)."""
+    try:
+        import appdirs
+
+        return Path(appdirs.user_data_dir("cityscapesscripts", "cityscapes")) / "credentials.json"
+    except ImportError:  # pragma: no cover - appdirs comes with cityscapesscripts
+        base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+        return Path(base) / "cityscapesscripts" / "credentials.json"
+
+
+def _read_credentials_file(path: Path) -> Credentials:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"Cityscapes credentials file {path} does not exist. {HOW_TO_LOG_IN}") from None
+    except (OSError, ValueError) as e:
+        # the message never quotes the file's content
+        raise DataError(f"Cityscapes credentials file {path} is not readable JSON ({e.__class__.__name__}); it must "
+                        "hold {\"username\": \"...\", \"password\": \"...\"}") from None
+    if not isinstance(data, dict) or not data.get("username") or not data.get("password"):
+        raise DataError(f"Cityscapes credentials file {path} must hold a JSON object with non-empty \"username\" "
+                        "and \"password\"")
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        print(f"warning: {path} can be read by other users; restrict it with `chmod 600 {path}`", file=sys.stderr)
+    return Credentials(str(data["username"]), str(data["password"]), str(path))
+
+
+def find_credentials(file: str | os.PathLike[str] | None = None, *, interactive: bool = False,
+                     environ: Mapping[str, str] | None = None) -> Credentials:
+    """The Cityscapes login from ``file``, the environment, csDownload's file, or a prompt.
+
+    The prompt is used only when ``interactive`` and both stdin and stderr are terminals;
+    otherwise missing credentials raise :class:`DataError` at once saying how to give them.
+    """
+    env = os.environ if environ is None else environ
+    if file:
+        return _read_credentials_file(Path(file).expanduser())
+    user, password = env.get(ENV_USERNAME), env.get(ENV_PASSWORD)
+    if user and password:
+        return Credentials(user, password, f"${ENV_USERNAME}/${ENV_PASSWORD}")
+    if user or password:
+        missing = ENV_PASSWORD if user else ENV_USERNAME
+        raise DataError(f"{ENV_USERNAME if user else ENV_PASSWORD} is set but {missing} is not: set both. "
+                        f"{HOW_TO_LOG_IN}")
+    stored = _cityscapesscripts_file()
+    if stored.is_file():
+        return _read_credentials_file(stored)
+    if interactive and sys.stdin.isatty() and sys.stderr.isatty():
+        user = input("Cityscapes username or email address: ").strip()
+        password = getpass.getpass("Cityscapes password: ")
+        if user and password:
+            return Credentials(user, password, "prompt")
+    raise DataError(f"no Cityscapes login found. {HOW_TO_LOG_IN}")
+
+
+def _site_session(site: str):
+    """A ``requests`` session that sends cityscapesscripts' fixed site URLs to ``site``
+    (the real site unless a test serves a stand-in on 127.0.0.1)."""
+    import requests
+
+    site = site.rstrip("/")
+
+    class SiteSession(requests.Session):
+        def request(self, method, url, *args, **kwargs):  # type: ignore[override]
+            if site != SITE and isinstance(url, str) and url.startswith(SITE):
+                url = site + url[len(SITE):]
+            return super().request(method, url, *args, **kwargs)
+
+    return SiteSession()
+
+
+def login(credentials: Credentials, site: str = SITE):
+    """A logged-in ``requests`` session; the same form post as cityscapesscripts' ``login()``."""
+    import requests
+
+    session = _site_session(site)
+    try:
+        r = session.get(f"{SITE}/login", allow_redirects=False, timeout=60)
+        r.raise_for_status()
+        form = {"username": credentials.username, "password": credentials.password, "submit": "Login"}
+        r = session.post(f"{SITE}/login", data=form, allow_redirects=False, timeout=60)
+        r.raise_for_status()
+    except requests.RequestException as e:
+        raise DataError(f"cannot reach the Cityscapes site {site} ({e.__class__.__name__}); check the network "
+                        "and run again") from None
+    if r.status_code != 302:  # the site redirects after a successful login
+        raise DataError(f"the Cityscapes site refused the login ({credentials}): check the username and "
+                        f"password. {HOW_TO_LOG_IN}")
+    return session
+
+
+def _site_md5(session, package_id: str) -> str:
+    r = session.get(f"{SITE}/md5-sum/?packageID={package_id}", allow_redirects=False, timeout=60)
+    r.raise_for_status()
+    return r.text.split()[0].lower()
+
+
+def download(
+    archives: Sequence[str],
+    dest_dir: str | os.PathLike[str],
+    *,
+    credentials_file: str | os.PathLike[str] | None = None,
+    interactive: bool = False,
+    site: str = SITE,
+    retries: int = 3,
+    progress: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> list[Path]:
+    """Download Cityscapes packages into ``dest_dir`` with cityscapesscripts' downloader.
+
+    Archives already in ``dest_dir`` are skipped. Credentials are looked up (and missing
+    ones reported) before anything goes over the network.
+    """
+    unknown = [a for a in archives if a not in ARCHIVES]
+    if unknown:
+        raise DataError(f"unknown Cityscapes archive(s) {', '.join(unknown)}; known: {', '.join(ARCHIVES)}")
+    dest = Path(dest_dir)
+    todo = [a for a in archives if not (dest / a).is_file()]
+    for a in archives:
+        if a not in todo:
+            print(f"{dest / a} is already downloaded")
+    if not todo:
+        return [dest / a for a in archives]
+    credentials = find_credentials(credentials_file, interactive=interactive, environ=environ)
+
+    import requests
+    import urllib3
+    from cityscapesscripts.download import downloader
+
+    session = login(credentials, site)
+    try:
+        packages = {p["name"]: p for p in downloader.get_available_packages(session=session)}
+    except (requests.RequestException, ValueError) as e:
+        raise DataError(f"cannot list the Cityscapes packages at {site} ({e.__class__.__name__}: {e})") from None
+    staging = dest / ".partial"
+    staging.mkdir(parents=True, exist_ok=True)
+    for name in todo:
+        if name not in packages:
+            raise DataError(f"the Cityscapes site offers no package {name} to this account; "
+                            f"available: {', '.join(sorted(packages))}")
+        expected = _site_md5(session, packages[name]["packageID"])
+        part = staging / name
+        attempt = 0
+        while True:
+            if part.exists() and md5sum(part, progress=progress) == expected:
+                break  # a complete earlier download
+            try:
+                downloader.download_packages(session=session, package_names=[name],
+                                             destination_path=str(staging), resume=part.exists())
+                break
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+                status = getattr(getattr(e, "response", None), "status_code", None)
+                if status == 416:  # the partial file is longer than the package: start over
+                    part.unlink(missing_ok=True)
+                if attempt >= retries:
+                    size = part.stat().st_size if part.exists() else 0
+                    raise DataError(f"downloading Cityscapes package {name} was interrupted after {size:,} bytes "
+                                    f"({e.__class__.__name__}); the partial file {part} is kept: run the same "
+                                    "command again to resume") from None
+                attempt += 1
+                print(f"{name}: connection lost; resuming (attempt {attempt}/{retries})", file=sys.stderr)
+            except Exception as e:  # noqa: BLE001 - cityscapesscripts raises bare Exceptions
+                if "MD5" not in str(e) or not part.exists():
+                    raise DataError(f"cityscapesscripts could not download {name}: {e}") from None
+                actual = md5sum(part, progress=progress)
+                part.unlink()
+                raise DataError(f"checksum mismatch for {name}: expected MD5 {expected} (served by the Cityscapes "
+                                f"site), got {actual}. The file was deleted; run the download again") from None
+        final = dest / name
+        shutil.move(str(part), final)
+        (dest / f"{name}.md5").write_text(f"{expected}  {name}\n", encoding="utf-8")
+        print(f"downloaded {final}")
+    try:
+        staging.rmdir()
+    except OSError:
+        pass
+    return [dest / a for a in archives]
+
+
+def find_root(root: str | os.PathLike[str]) -> Path:
+    """The folder holding ``leftImg8bit/`` and ``gtFine/`` (``root`` itself or ``root/cityscapes``)."""
+    root_p = Path(root)
+    for cand in (root_p, root_p / "cityscapes"):
+        if (cand / "leftImg8bit").is_dir() and (cand / "gtFine").is_dir():
+            return cand
+    return root_p  # prepare_cityscapes names what is missing
+
+
+def prepare(root: str | os.PathLike[str], out: str | os.PathLike[str], *, dataset: str = "cityscapes",
+            labels: str = "trainId", allow_partial: bool = False, progress: bool = True,
+            splits: Sequence[str] = ("train", "val")) -> dict[str, Any]:
+    """Prepare a real Cityscapes copy (trainIds or categories), split sizes checked."""
+    from segbench.data.prepare import prepare_cityscapes
+
+    return prepare_cityscapes(find_root(root), out, label_set=labels, splits=splits, dataset=dataset,
+                              progress=progress, expected=SPLIT_SIZES, allow_partial=allow_partial)

@@ -1,0 +1,1 @@
+"""Feature extractors shared by several segmentation models (ResNet, VAN, MobileNet)."""

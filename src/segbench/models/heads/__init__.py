@@ -1,0 +1,1 @@
+"""Context modules and heads shared by several models (ASPP, PAC, FRM, PPM, DAPPM)."""

@@ -1,0 +1,226 @@
+"""The web app of ``segbench serve``: one page and three endpoints, on Flask (already in the
+environment through MLflow) and Werkzeug's threaded WSGI server.
+
+=====================================  ==============================================================
+``GET  /``                             the page: upload an image, see it, its mask overlaid, a legend
+                                       with each class's colour and share of pixels
+``GET  /api/info``                     the run served (key, model, classes, palette, val metrics)
+                                       and the upload limits
+``POST /api/segment``                  JSON: size, seconds, per-class pixels and shares, and the mask
+                                       as a base64 palettised PNG of class ids (``mask_png``);
+                                       ``?images=1`` adds the decoded input and the colour mask as
+                                       base64 PNGs (what the page shows)
+``POST /api/segment.png``              the mask as a palettised PNG (pixel value = class id, palette =
+                                       class colours); ``?kind=overlay`` the input blended with it
+=====================================  ==============================================================
+
+An image is sent as the multipart field ``image`` (``curl -F image=@photo.jpg``) or as the
+raw request body (``curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg'``).
+Every refusal is JSON ``{"error": message}`` with a 4xx status (400 unreadable, 413 too
+large, 415 not a supported image); an unexpected failure is a 500 with the same shape, and
+the server goes on serving. Multipart uploads over 500 kB are spooled to a private
+temporary directory (``tempfile.mkdtemp``, removed when the server stops); nothing else is
+written to disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import sys
+import tempfile
+import traceback
+import weakref
+from importlib import resources
+from pathlib import Path
+
+from flask import Flask, Request, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from segbench.serve.inference import (ImageRejected, Limits, Segmenter, color_mask, decode_image, mask_png,
+                                      overlay, png_bytes)
+from segbench.serve.study import best_run_of_study  # noqa: F401  (re-exported)
+
+MULTIPART_OVERHEAD = 64 * 1024  # room for the form's boundaries and headers above the file itself
+DRAIN_CAP = 256 * 1024 * 1024   # read (and discard) at most this much of a refused body so the client sees the 413
+
+
+def _static(name: str) -> bytes:
+    return resources.files("segbench.serve").joinpath("static", name).read_bytes()
+
+
+STATIC_TYPES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+                "style.css": "text/css; charset=utf-8"}
+
+
+def create_app(segmenter: Segmenter, limits: Limits | None = None, tmpdir: str | Path | None = None) -> Flask:
+    """The Flask app serving ``segmenter``. Multipart uploads spool into ``tmpdir``, which the
+    caller removes; when None, into a fresh ``tempfile.mkdtemp`` removed with the app."""
+    limits = limits or Limits()
+    spool_dir = str(tmpdir or tempfile.mkdtemp(prefix="segbench-serve-"))
+
+    class UploadRequest(Request):
+        max_content_length = limits.max_upload_bytes + MULTIPART_OVERHEAD
+
+        def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+            return tempfile.SpooledTemporaryFile(max_size=500 * 1024, mode="rb+", dir=spool_dir)
+
+    app = Flask("segbench.serve", static_folder=None)
+    app.request_class = UploadRequest
+    app.config.update(SPOOL_DIR=spool_dir, LIMITS=limits)
+    app.json.sort_keys = False  # keep run_key, width, height ... first, as built
+    if tmpdir is None:  # ours: removed with the app, or at exit
+        weakref.finalize(app, shutil.rmtree, spool_dir, True)
+    static_files = {name: _static(name) for name in STATIC_TYPES}
+
+    def error(message: str, status: int):
+        return jsonify({"error": message, "status": status}), status
+
+    def read_upload():
+        """The uploaded file (a seekable stream) or raw body bytes; ImageRejected when absent or too big."""
+        ctype = request.mimetype or ""
+        if ctype == "multipart/form-data":
+            upload = request.files.get("image")
+            if upload is None:
+                fields = ", ".join(sorted(set(request.files) | set(request.form))) or "none"
+                raise ImageRejected(f"no file in the form field 'image' (fields sent: {fields}); send "
+                                    "`curl -F image=@photo.jpg ...`", 400)
+            stream = upload.stream
+            stream.seek(0, 2)
+            size = stream.tell()
+            stream.seek(0)
+        elif ctype == "application/x-www-form-urlencoded":
+            raise ImageRejected("send the image as a multipart form field 'image' or as the raw request body, "
+                                "not URL-encoded", 415)
+        else:
+            stream = request.get_data(cache=False)
+            size = len(stream)
+        if size > limits.max_upload_bytes:
+            raise ImageRejected(_too_big_message(size), 413)
+        return stream
+
+    def _too_big_message(size: int | None) -> str:
+        got = f"the upload ({size:,} bytes)" if size is not None else "the upload"
+        return (f"{got} is larger than this server's limit of {limits.max_upload_bytes / 1e6:g} MB "
+                f"({limits.max_upload_bytes:,} bytes; serve --max-upload-mb): send a smaller file")
+
+    def decode_and_segment():
+        decoded = decode_image(read_upload(), limits.max_pixels)
+        mask, seconds = segmenter.segment(decoded.rgb)
+        return decoded, mask, seconds
+
+    @app.get("/")
+    def index():
+        return Response(static_files["index.html"], content_type=STATIC_TYPES["index.html"])
+
+    @app.get("/static/<name>")
+    def static_file(name: str):
+        if name not in static_files:
+            return error(f"no static file {name!r}", 404)
+        return Response(static_files[name], content_type=STATIC_TYPES[name],
+                        headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/info")
+    def info():
+        return jsonify({**segmenter.info(), "limits": limits.describe()})
+
+    @app.post("/api/segment")
+    def segment_json():
+        decoded, mask, seconds = decode_and_segment()
+        h, w = mask.shape
+        body = {"run_key": segmenter.record.get("run_key"), "width": w, "height": h,
+                "input_format": decoded.format, "input_mode": decoded.mode, "notes": decoded.notes,
+                "seconds": seconds, "classes": segmenter.shares(mask),
+                "mask_png": base64.b64encode(mask_png(mask, segmenter.palette)).decode("ascii")}
+        if request.args.get("images") in ("1", "true", "yes"):
+            body["input_png"] = base64.b64encode(png_bytes(decoded.rgb)).decode("ascii")
+            body["color_png"] = base64.b64encode(png_bytes(color_mask(mask, segmenter.palette))).decode("ascii")
+        return jsonify(body)
+
+    @app.post("/api/segment.png")
+    def segment_png():
+        kind = request.args.get("kind", "mask")
+        if kind not in ("mask", "overlay"):
+            return error(f"kind={kind!r}: choose kind=mask (class ids, palettised) or kind=overlay", 400)
+        decoded, mask, seconds = decode_and_segment()
+        data = mask_png(mask, segmenter.palette) if kind == "mask" else png_bytes(
+            overlay(decoded.rgb, mask, segmenter.palette))
+        headers = {"X-Segbench-Run": str(segmenter.record.get("run_key")), "X-Segbench-Seconds": f"{seconds:.4f}",
+                   "X-Segbench-Notes": json.dumps(decoded.notes)}
+        return Response(data, content_type="image/png", headers=headers)
+
+    @app.errorhandler(ImageRejected)
+    def rejected(e: ImageRejected):
+        return error(str(e), e.status)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(e):
+        _drain(request)
+        return error(_too_big_message(request.content_length), 413)
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        return error(f"{e.name}: {e.description}", e.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(e: Exception):
+        traceback.print_exc(file=sys.stderr)
+        return error(f"the server failed on this image ({type(e).__name__}: {e}); it goes on serving", 500)
+
+    return app
+
+
+def _drain(req: Request) -> None:
+    """Read and discard what is left of a refused body (at most DRAIN_CAP bytes), so the client,
+    still sending, gets the 413 instead of a reset connection."""
+    from werkzeug.wsgi import LimitedStream
+
+    try:
+        stream = req.stream  # bytes the form parser already read are accounted for
+    except HTTPException:  # Content-Length over the limit: nothing was read yet
+        stream = LimitedStream(req.environ["wsgi.input"], min(req.content_length or 0, DRAIN_CAP))
+    drained = 0
+    try:
+        while drained < DRAIN_CAP:
+            chunk = stream.read(1 << 20)
+            if not chunk:
+                break
+            drained += len(chunk)
+    except (OSError, HTTPException):
+        pass
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
+          threads: int | None = None) -> None:
+    """Load the run, then serve until interrupted. Port 0 picks a free port; the first line
+    printed is ``serving RUN_KEY on http://HOST:PORT``."""
+    import signal
+
+    import torch
+    from werkzeug.serving import make_server
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt  # leave serve_forever; the finally blocks remove the spool directory
+
+    if threads:
+        torch.set_num_threads(threads)
+    segmenter = Segmenter(run_dir, "cpu")
+    spool_dir = tempfile.mkdtemp(prefix="segbench-serve-")
+    try:
+        app = create_app(segmenter, limits, spool_dir)
+        server = make_server(host, port, app, threaded=True)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"serving {segmenter.record.get('run_key')} ({run_dir}) on http://{shown}:{server.server_port}",
+              flush=True)
+        print(f"  page: http://{shown}:{server.server_port}/   JSON: POST /api/segment   PNG: POST /api/segment.png"
+              f"   limits: {app.config['LIMITS'].describe()}", flush=True)
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+    finally:
+        shutil.rmtree(spool_dir, ignore_errors=True)

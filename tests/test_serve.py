@@ -1,0 +1,398 @@
+"""`segbench serve`: the endpoints and the page of a real server on 127.0.0.1, on a tiny
+trained run; bad uploads; the study's best run; checkpoints loaded as weights only.
+
+Masks are checked against the model run here directly (torch.load(weights_only=True),
+build_model, argmax), with padding restated in numpy (edge replication, then crop), not
+through the server's own code.
+"""
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_UPLOAD_MB = 1.0
+MAX_PIXELS = 200_000
+SCREENSHOT = Path("/tmp/serve_page.png")
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A 2-epoch width-4 U-Net on 6 synthetic 64x128 scenes (seconds)."""
+    from segbench.config import validate_config
+    from segbench.data.prepare import prepare_cityscapes
+    from segbench.data.synthetic import generate
+    from segbench.engine.train import train_run
+    from segbench.plan import Plan
+
+    root = tmp_path_factory.mktemp("serve")
+    generate(root / "raw", seed=0, splits={"train": 6, "val": 2}, height=64, width=128, progress=False)
+    prepare_cityscapes(root / "raw", root / "prepared", progress=False)
+    cfg = validate_config({
+        "datasets": {"tiny": {"source": "synthetic", "generate": {"train": 6, "val": 2, "height": 64, "width": 128}}},
+        "models": {"unet": {"arch": "unet", "params": {"width": 4}}},
+        "losses": {"ce": {"type": "ce"}},
+        "train": {"epochs": 2, "batch_size": 2, "crop": [64, 128], "workers": 0, "threads": 1},
+        "studies": {"s": {"datasets": ["tiny"], "models": ["unet"], "losses": ["ce"]}},
+    })
+    plan = Plan(cfg)
+    out = root / "run"
+    train_run(plan.run_spec(plan.runs[0]), root / "prepared", out, threads=1, progress=False)
+    shutil.rmtree(out / "ckpt", ignore_errors=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def val_image(run_dir):
+    raw = run_dir.parent / "raw" / "leftImg8bit" / "val"
+    return np.asarray(Image.open(sorted(raw.rglob("*.png"))[0]).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def reference(run_dir):
+    """Predict independently of segbench.serve: the run's model, weights only, argmax."""
+    from segbench.data.dataset import to_tensor
+    from segbench.models import build_model
+
+    record = json.loads((run_dir / "run.json").read_text())
+    model = build_model(record["config"]["model"]["arch"], record["num_classes"], **record["config"]["model"]["params"])
+    model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
+    model.eval()
+
+    def predict(rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+        padded = np.pad(rgb, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+        with torch.inference_mode():
+            return model(to_tensor(padded)[None]).argmax(1)[0, :h, :w].numpy().astype(np.uint8)
+
+    predict.record = record
+    return predict
+
+
+@pytest.fixture(scope="module")
+def server(run_dir, tmp_path_factory):
+    """`segbench serve RUN --port 0` as a subprocess on 127.0.0.1, with TMPDIR in a folder we watch."""
+    base = tmp_path_factory.mktemp("server")
+    tmp = base / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TMPDIR=str(tmp), SEGBENCH_NO_PROGRESS="1")
+    out, err = open(base / "stdout", "w+"), open(base / "stderr", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segbench", "serve", str(run_dir), "--host", "127.0.0.1", "--port", "0",
+         "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-pixels", str(MAX_PIXELS), "--threads", "1"],
+        stdout=out, stderr=err, env=env, cwd=base)
+    url = None
+    deadline = time.time() + 90
+    while url is None and time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}: {(base / 'stderr').read_text()}")
+        for line in (base / "stdout").read_text().splitlines():
+            if line.startswith("serving ") and " on http://" in line:
+                url = line.rsplit(" on ", 1)[1].strip()
+        time.sleep(0.1)
+    assert url, f"server did not start in 90 s: {(base / 'stderr').read_text()}"
+    info = {"url": url, "proc": proc, "tmp": tmp, "cwd": base, "files_before": _listing(run_dir)}
+    try:
+        yield info
+    finally:
+        proc.send_signal(signal.SIGTERM)  # by PID; serve() removes its spool directory on SIGTERM
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.close()
+        err.close()
+    assert not list(tmp.iterdir()), f"the server left files in its TMPDIR: {list(tmp.rglob('*'))}"
+
+
+def _listing(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def png(array: np.ndarray, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def png16_rgb(array: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG written by hand (Pillow cannot write one)."""
+    h, w, _ = array.shape
+    raw = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def post(server, data: bytes, path="/api/segment", name="image.png", **params):
+    return requests.post(server["url"] + path, files={"image": (name, data)}, params=params, timeout=60)
+
+
+def mask_of(response) -> np.ndarray:
+    body = response.json()
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png"]))))
+
+
+# ------------------------------------------------------------------ endpoints
+def test_json_endpoint_matches_the_model(server, val_image, reference):
+    r = post(server, png(val_image))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    h, w = val_image.shape[:2]
+    assert (body["width"], body["height"]) == (w, h) and body["run_key"] == "tiny/unet/ce/s0"
+    mask = mask_of(r)
+    expected = reference(val_image)
+    assert mask.shape == (h, w) and np.array_equal(mask, expected)
+    classes = body["classes"]
+    assert [c["name"] for c in classes] == reference.record["class_names"]
+    assert [c["color"] for c in classes] == reference.record["palette"]
+    counts = np.bincount(expected.ravel(), minlength=len(classes))
+    assert [c["pixels"] for c in classes] == counts.tolist()
+    assert sum(c["share"] for c in classes) == pytest.approx(1.0)
+    assert "input_png" not in body
+    with_images = post(server, png(val_image), images=1).json()
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(with_images["input_png"]))))
+    colour = np.asarray(Image.open(io.BytesIO(base64.b64decode(with_images["color_png"]))))
+    assert np.array_equal(shown, val_image)
+    assert np.array_equal(colour, np.asarray(reference.record["palette"], np.uint8)[expected])
+
+
+def test_png_endpoint_is_a_palettised_mask(server, val_image, reference):
+    r = requests.post(server["url"] + "/api/segment.png", data=png(val_image),
+                      headers={"Content-Type": "image/png"}, timeout=60)  # the raw body works too
+    assert r.status_code == 200 and r.headers["Content-Type"] == "image/png"
+    im = Image.open(io.BytesIO(r.content))
+    assert im.mode == "P"
+    assert np.array_equal(np.asarray(im), reference(val_image))
+    palette = np.asarray(im.getpalette()[: 3 * 19]).reshape(-1, 3).tolist()
+    assert palette == reference.record["palette"]
+    over = post(server, png(val_image), path="/api/segment.png", kind="overlay")
+    assert over.status_code == 200 and Image.open(io.BytesIO(over.content)).size == (128, 64)
+    bad = post(server, png(val_image), path="/api/segment.png", kind="heatmap")
+    assert bad.status_code == 400 and "kind=mask" in bad.json()["error"]
+
+
+@pytest.mark.parametrize("size", [(45, 77), (1, 1), (64, 100), (33, 129)])
+def test_sides_not_multiples_of_32(server, val_image, reference, size):
+    h, w = size
+    image = np.ascontiguousarray(np.resize(val_image, (h, w, 3)) if h > 64 or w > 128 else val_image[:h, :w])
+    r = post(server, png(image))
+    assert r.status_code == 200, r.text
+    assert np.array_equal(mask_of(r), reference(image))
+
+
+# ------------------------------------------------------------------ modes that are handled
+def test_rgba_is_composited_over_white(server, val_image):
+    rgba = np.dstack([val_image, np.full(val_image.shape[:2], 255, np.uint8)])
+    rgba[:, :40, 3] = 0  # a transparent band: white after compositing
+    expected_rgb = val_image.copy()
+    expected_rgb[:, :40] = 255
+    r = post(server, png(rgba))
+    assert r.status_code == 200 and any("alpha" in n for n in r.json()["notes"])
+    assert np.array_equal(mask_of(r), mask_of(post(server, png(expected_rgb))))
+
+
+def test_greyscale_8_and_16_bit(server, val_image):
+    grey = np.asarray(Image.fromarray(val_image).convert("L"))
+    as_rgb = mask_of(post(server, png(np.dstack([grey] * 3))))
+    r8 = post(server, png(grey))
+    assert r8.status_code == 200 and any("greyscale" in n for n in r8.json()["notes"])
+    assert np.array_equal(mask_of(r8), as_rgb)
+    r16 = post(server, png(grey.astype(np.uint16) * 257))  # 16-bit PNG, same image exactly
+    assert r16.status_code == 200 and any("16-bit" in n for n in r16.json()["notes"])
+    assert r16.json()["input_mode"].startswith("I")
+    assert np.array_equal(mask_of(r16), as_rgb)
+
+
+def test_16_bit_rgb_png(server, val_image):
+    r = post(server, png16_rgb(val_image.astype(np.uint16) * 257))
+    assert r.status_code == 200 and any("16-bit PNG" in n for n in r.json()["notes"])
+    assert np.array_equal(mask_of(r), mask_of(post(server, png(val_image))))
+
+
+# ------------------------------------------------------------------ refusals
+def _float_tiff() -> bytes:
+    return png(np.random.default_rng(0).random((16, 16), dtype=np.float32), "TIFF")
+
+
+@pytest.mark.parametrize("case, data, status, words", [
+    ("text", b"this is not an image\n" * 10, 415, "not an image"),
+    ("empty", b"", 400, "empty"),
+    ("truncated png", None, 400, "truncated or damaged"),
+    ("float tiff", None, 415, "floating-point"),
+    ("too many pixels", None, 413, "--max-pixels"),
+    ("file too large", None, 413, "--max-upload-mb"),
+])
+def test_bad_uploads_are_refused_clearly(server, val_image, case, data, status, words):
+    if case == "truncated png":
+        data = png(np.random.default_rng(1).integers(0, 255, (64, 128, 3), dtype=np.uint8))[:2000]
+    elif case == "float tiff":
+        data = _float_tiff()
+    elif case == "too many pixels":
+        data = png(np.zeros((400, 600), np.uint8))  # 240,000 > 200,000 pixels in a file of a few kB
+    elif case == "file too large":
+        data = os.urandom(int(MAX_UPLOAD_MB * 1e6) + 10_000)
+    r = post(server, data, name=f"{case}.bin")
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+    assert requests.get(server["url"] + "/api/info", timeout=10).status_code == 200  # still serving
+
+
+def test_raw_body_too_large_and_missing_field(server):
+    r = requests.post(server["url"] + "/api/segment", data=b"\0" * int(MAX_UPLOAD_MB * 1e6 + 200_000),
+                      headers={"Content-Type": "application/octet-stream"}, timeout=60)
+    assert r.status_code == 413 and "limit of 1 MB" in r.json()["error"]
+    r = requests.post(server["url"] + "/api/segment", files={"photo": ("a.png", b"x")}, timeout=60)
+    assert r.status_code == 400 and "'image'" in r.json()["error"] and "photo" in r.json()["error"]
+
+
+def test_uploads_leave_no_files(server, run_dir, val_image):
+    big = np.random.default_rng(2).integers(0, 255, (400, 480, 3), dtype=np.uint8)  # ~580 kB: spooled to disk
+    assert 500_000 < len(png(big)) < MAX_UPLOAD_MB * 1e6
+    r = post(server, png(big))
+    assert r.status_code == 200, r.text
+    spool = [p for p in server["tmp"].iterdir()]
+    assert len(spool) == 1 and spool[0].name.startswith("segbench-serve-")
+    assert not list(spool[0].iterdir()), "an upload stayed in the spool directory"
+    assert _listing(run_dir) == server["files_before"], "the server wrote into the run directory"
+    assert sorted(p.name for p in server["cwd"].iterdir()) == ["stderr", "stdout", "tmp"]
+
+
+# ------------------------------------------------------------------ the page, in headless Chromium
+def _browser() -> str:
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "install_browser.sh")], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode == 3:  # not root or no apt-get: the only reasons to skip
+        print(f"SKIPPED browser test: {proc.stderr.strip()}")
+        pytest.skip(f"no headless Chromium: {proc.stderr.strip()}")
+    assert proc.returncode == 0, f"scripts/install_browser.sh failed:\n{proc.stderr}"
+    return proc.stdout.strip().splitlines()[-1]
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def test_page_in_headless_chromium(server, val_image, reference, tmp_path):
+    executable = _browser()
+    from playwright.sync_api import sync_playwright
+
+    image_path, text_path = tmp_path / "scene.png", tmp_path / "notes.txt"
+    image_path.write_bytes(png(val_image))
+    text_path.write_text("not an image")
+    present = [reference.record["class_names"][i] for i in np.unique(reference(val_image))]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            page.goto(server["url"] + "/")
+            page.wait_for_function("document.getElementById('run-info').textContent.includes('tiny/unet/ce/s0')")
+            page.set_input_files("#file", str(image_path))
+            page.wait_for_selector("#legend .legend-entry", timeout=30_000)
+            sizes = page.evaluate("""() => ['input-img', 'overlay-base', 'mask-img'].map(id => {
+                const im = document.getElementById(id); return [im.complete, im.naturalWidth, im.naturalHeight]; })""")
+            assert sizes == [[True, 128, 64]] * 3
+            names = page.locator("#legend .legend-entry .name").all_inner_texts()
+            assert sorted(names) == sorted(present)
+            assert page.locator("#error").is_hidden()
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+            page.set_input_files("#file", str(text_path))  # a bad upload shows the server's message
+            page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            assert "not an image" in page.inner_text("#error")
+        finally:
+            browser.close()
+
+
+# ------------------------------------------------------------------ the run served
+def _fake_study(tmp_path) -> Path:
+    """A study of four runs: val mIoU 0.31, 0.52, NaN and none; summary.csv's own mIoU says 0.99."""
+    results = tmp_path / "results"
+    table = results / "studies" / "s" / "tables"
+    table.mkdir(parents=True)
+    rows = [("d/a/ce/s0", 0.31), ("d/b/ce/s0", 0.52), ("d/c/ce/s0", float("nan")), ("d/e/ce/s0", None)]
+    (table / "summary.csv").write_text("dataset,model,mIoU,run_key\n" + "".join(
+        f"d,{k.split('/')[1]},0.99,{k}\n" for k, _ in rows))
+    for key, miou in rows:
+        run = results / "runs" / key
+        run.mkdir(parents=True)
+        (run / "model.pt").write_bytes(b"")
+        if miou is not None:
+            (run / "metrics.json").write_text(json.dumps({"mIoU": miou}))
+    return results
+
+
+def test_study_serves_its_best_run_by_val_miou(tmp_path):
+    from segbench.serve.app import best_run_of_study
+
+    results = _fake_study(tmp_path)
+    best, candidates = best_run_of_study("s", results)
+    assert best == results / "runs" / "d/b/ce/s0"
+    assert [c["mIoU"] for c in candidates] == [0.31, 0.52, None, None]
+    with pytest.raises(FileNotFoundError, match="studies with results: s"):
+        best_run_of_study("nope", results)
+
+
+def _segbench(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    return subprocess.run([sys.executable, "-m", "segbench", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=120)
+
+
+def test_cli_refuses_bad_choices(tmp_path):
+    proc = _segbench("serve")
+    assert proc.returncode == 2 and "RUN_DIR or --study" in proc.stderr
+    proc = _segbench("serve", "--study", "missing", "--results", str(tmp_path))
+    assert proc.returncode == 2 and "summary.csv does not exist" in proc.stderr
+    proc = _segbench("serve", str(tmp_path / "no-run"), "--port", "0")
+    assert proc.returncode == 2 and "run.json is missing" in proc.stderr
+    results = _fake_study(tmp_path)  # its best run has no run.json: chosen, then refused
+    proc = _segbench("serve", "--study", "s", "--results", str(results), "--port", "0")
+    assert "* d/b/ce/s0: val mIoU 0.5200" in proc.stdout and "d/c/ce/s0: no metrics" in proc.stdout
+    assert proc.returncode == 2 and f"{results}/runs/d/b/ce/s0/run.json is missing" in proc.stderr
+
+
+def test_checkpoint_is_loaded_as_weights_only(run_dir, tmp_path):
+    """A model.pt that pickles code is refused, and the code never runs."""
+    from segbench.serve.inference import Segmenter
+
+    evil = tmp_path / "run"
+    shutil.copytree(run_dir, evil)
+    marker = tmp_path / "pwned"
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    state["_extra"] = _Payload(str(marker))
+    torch.save(state, evil / "model.pt")
+    with pytest.raises(Exception, match="(?i)weights.only|unpickl"):
+        Segmenter(evil)
+    assert not marker.exists()
+    torch.load(evil / "model.pt", weights_only=False)  # the payload is live: a full unpickle runs it
+    assert marker.exists()
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))

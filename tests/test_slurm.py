@@ -1,0 +1,98 @@
+"""Execution profiles: how they render, and the SLURM profile end to end on a real one-node
+SLURM cluster (scripts/test_slurm.sh; root and apt-get needed, else skipped with the reason)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ROOT / "workflow" / "profiles"
+
+
+def render(profile: str, monkeypatch, **env) -> dict:
+    """The profile's options as Snakemake reads them (after YTE), with ``env`` set."""
+    from snakemake.profiles import ProfileConfigFileParser
+
+    for name in [n for n in os.environ if n.startswith("SEGBENCH_SLURM_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with open(PROFILES / profile / "config.yaml") as f:
+        return dict(ProfileConfigFileParser().parse(f))
+
+
+def per_rule(options: dict) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for item in options.get("set-resources", []):
+        rule, assignment = item.split(":", 1)
+        name, value = assignment.split("=", 1)
+        out.setdefault(rule, {})[name] = value
+    return out
+
+
+def test_default_profile_limits_gpu_jobs_to_the_visible_gpus(monkeypatch):
+    opts = render("default", monkeypatch, CUDA_VISIBLE_DEVICES="0,1")
+    assert opts["resources"] == ["gpu=2"]
+    assert opts["rerun-incomplete"] == "True" and opts["retries"] == "1"
+    # no GPU: the limit is lifted, CPU jobs that declare gpu=1 still run side by side
+    assert render("default", monkeypatch, CUDA_VISIBLE_DEVICES="")["resources"] == ["gpu=10000"]
+
+
+def test_slurm_profile_defaults(monkeypatch):
+    opts = render("slurm", monkeypatch)
+    assert opts["executor"] == "slurm"
+    rules = per_rule(opts)
+    assert set(rules) == {"train", "evaluate", "profile"}
+    assert rules["train"]["gpu"] == "1" and rules["train"]["cpus_per_gpu"] == "8"
+    assert rules["train"]["mem_mb"] == "32000 * attempt"
+    assert "slurm_partition" not in rules["train"] and "gpu_model" not in rules["train"]
+    assert not any(d.startswith(("slurm_partition", "slurm_account")) for d in opts["default-resources"])
+
+
+def test_slurm_profile_takes_the_site_from_the_environment(monkeypatch):
+    opts = render("slurm", monkeypatch, SEGBENCH_SLURM_ACCOUNT="proj42", SEGBENCH_SLURM_PARTITION="cpu",
+                  SEGBENCH_SLURM_GPU_PARTITION="gpu", SEGBENCH_SLURM_GPU_MODEL="a100",
+                  SEGBENCH_SLURM_CPUS_PER_GPU="16",
+                  SEGBENCH_SLURM_SET="train:runtime=2880 report:mem_mb=8000 train:qos=long")
+    assert {"slurm_partition=cpu", "slurm_account=proj42"} <= set(opts["default-resources"])
+    rules = per_rule(opts)
+    assert rules["train"] == {"gpu": "1", "mem_mb": "32000 * attempt", "runtime": "2880", "slurm_partition": "gpu",
+                              "cpus_per_gpu": "16", "gpu_model": "a100", "qos": "long"}
+    assert rules["evaluate"]["gpu_model"] == "a100" and rules["report"] == {"mem_mb": "8000"}
+
+
+def test_slurm_profile_without_gpus(monkeypatch):
+    rules = per_rule(render("slurm", monkeypatch, SEGBENCH_SLURM_GPUS="0", SEGBENCH_SLURM_GPU_MODEL="a100"))
+    assert rules["train"]["gpu"] == "0"
+    assert "gpu_model" not in rules["train"] and "cpus_per_gpu" not in rules["train"]
+
+
+def test_slurm_profile_rejects_a_malformed_override(monkeypatch):
+    with pytest.raises(Exception, match="RULE:RESOURCE=VALUE"):
+        render("slurm", monkeypatch, SEGBENCH_SLURM_SET="train-runtime-5")
+
+
+@pytest.mark.slow
+def test_slurm_profile_on_a_one_node_cluster():
+    """scripts/test_slurm.sh: every job through sbatch, outputs equal to a local run."""
+    if sys.platform != "linux":
+        pytest.skip("the SLURM test needs Linux")
+    if os.geteuid() != 0:
+        pytest.skip("the SLURM test needs root: it installs slurm-wlm and munge with apt-get and starts "
+                    "munged, slurmctld and slurmd (run `sudo scripts/test_slurm.sh` to try it)")
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "test_slurm.sh")], capture_output=True, text=True,
+                          env=env, timeout=1200)
+    out = proc.stdout + proc.stderr
+    print(out[-4000:])
+    if proc.returncode == 77:
+        reason = re.search(r"SKIPPED: (.*)", out)
+        pytest.skip(reason.group(1) if reason else "scripts/test_slurm.sh skipped itself")
+    assert proc.returncode == 0, f"scripts/test_slurm.sh failed ({proc.returncode}):\n{out[-8000:]}"
+    assert "all checks passed" in out

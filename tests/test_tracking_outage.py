@@ -1,0 +1,188 @@
+"""An MLflow outage never fails a job or the pipeline: the track steps record "skipped", the
+tables and figures are made from the files, and a later `snakemake` or `segbench sync`
+completes MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segbench import tracking
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SRC = ROOT / "src"
+
+
+def segbench(*args, cwd, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "segbench", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def make_run_dir(root: Path) -> Path:
+    run = root / "results/runs/synthetic/unet/ce/s0"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({
+        "run_key": "synthetic/unet/ce/s0", "dataset": "synthetic", "model": "unet", "loss": "ce", "seed": 0,
+        "config": {"train": {"lr": 0.01}}, "config_hash": "abc", "class_names": ["road", "sky"]}))
+    (run / "history.csv").write_text("epoch,train_loss,val_mIoU,epoch_seconds,time\n1,0.9,0.1,1.0,1760000000\n")
+    (run / "metrics.json").write_text(json.dumps({"mIoU": 0.25, "aAcc": 0.5, "IoU": [0.3, 0.2],
+                                                  "class_names": ["road", "sky"]}))
+    return run
+
+
+def test_record_round():
+    """skipped -> its round + 1 (a changed param: Snakemake reruns the job); logged -> its own round."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        rec = Path(d) / "r.json"
+        assert tracking.record_round(rec) == 0
+        tracking.write_record(rec, status=tracking.RECORD_SKIPPED, round=0, reason="down")
+        assert tracking.record_round(rec) == 1
+        tracking.write_record(rec, status=tracking.RECORD_LOGGED, round=1)
+        assert tracking.record_round(rec) == 1
+        rec.write_text("{not json")
+        assert tracking.record_round(rec) == 0
+
+
+def test_track_with_the_server_down_skips_and_says_how_to_sync(tmp_path):
+    run = make_run_dir(tmp_path)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    uri = "http://127.0.0.1:9"  # nothing listens there
+    out = tmp_path / "results/mlflow/runs/synthetic/unet/ce/s0.json"
+    proc = segbench("track", str(run), "--study", "s", "--tracking-uri", uri, "--on-error", "skip",
+                    "--round", "2", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "MLflow skipped" in proc.stderr
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "skipped" and rec["round"] == 2 and rec["tracking_uri"] == uri
+    assert uri in rec["reason"] and "segbench sync" in rec["sync"] and rec["studies"] == ["s"]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # without --on-error skip (a person at the keyboard) it is an error
+    proc = segbench("track", str(run), "--study", "s", "--tracking-uri", uri, cwd=tmp_path)
+    assert proc.returncode == 2 and uri in proc.stderr
+    proc = segbench("track-init", "--study", "s", "--tracking-uri", uri, "--on-error", "skip",
+                    "--out", str(tmp_path / "init.json"), cwd=tmp_path)
+    assert proc.returncode == 0 and json.loads((tmp_path / "init.json").read_text())["status"] == "skipped"
+
+
+def test_sync_logs_run_dirs_without_a_config(tmp_path):
+    """Studies come from the run's (skipped) record when there is no config."""
+    from mlflow import MlflowClient
+
+    run = make_run_dir(tmp_path)
+    rec = tmp_path / "results/mlflow/runs/synthetic/unet/ce/s0.json"
+    tracking.write_record(rec, status=tracking.RECORD_SKIPPED, round=3, reason="down", studies=["main"],
+                          run_dir=str(run))
+    uri = f"sqlite:///{tmp_path}/results/mlflow.db"
+    for _ in range(2):  # idempotent
+        proc = segbench("sync", "--tracking-uri", uri, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "synced 1 runs and 0 studies" in proc.stdout
+    after = json.loads(rec.read_text())
+    assert after["status"] == "logged" and after["round"] == 3 and set(after["runs"]) == {"main"}
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("segbench-main")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].data.metrics["final_mIoU"] == 0.25
+
+
+# ---------------------------------------------------------------- the pipeline, end to end
+
+TINY = {
+    "datasets": {"synthetic": {"source": "synthetic",
+                               "generate": {"seed": 1, "train": 4, "val": 2, "height": 64, "width": 128}}},
+    "models": {"unet": {"arch": "unet", "params": {"width": 4}}},
+    "losses": {"ce": {"type": "ce"}},
+    "train": {"epochs": 1, "batch_size": 2, "crop": [64, 128], "workers": 0, "threads": 1},
+    "eval": {"batch_size": 2, "samples": 1},
+    "profile": {"warmup": 1, "iterations": 1},
+    # a sqlite store under a path we can break: `store` as a file makes it unreachable
+    "mlflow": {"tracking_uri": "sqlite:///store/mlflow.db"},
+    "studies": {"only": {"datasets": ["synthetic"], "models": ["unet"], "losses": ["ce"], "seeds": [0]}},
+}
+RECORDS = ("results/mlflow/init.json", "results/mlflow/runs/synthetic/unet/ce/s0.json",
+           "results/mlflow/studies/only.json")
+
+
+def snakemake(wd, *args):
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", SEGBENCH_NO_PROGRESS="1")
+    proc = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(wd),
+                           "--cores", "2", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return proc.stdout + proc.stderr
+
+
+def statuses(wd):
+    return [json.loads((wd / r).read_text())["status"] for r in RECORDS]
+
+
+def pending_rules(wd):
+    out = snakemake(wd, "-n", "--quiet", "rules")
+    if "Nothing to be done" in out:
+        return set()
+    table = re.search(r"job\s+count\n[- ]+\n(.*?)\ntotal", out, re.S)
+    assert table, out
+    return {line.split()[0] for line in table.group(1).splitlines()} - {"all"}
+
+
+def block(wd):
+    if (wd / "store").is_dir():
+        shutil.move(wd / "store", wd / "store.ok")
+    (wd / "store").write_text("not a folder: the sqlite store cannot be opened\n")
+
+
+def unblock(wd):
+    (wd / "store").unlink()
+    if (wd / "store.ok").exists():
+        shutil.move(wd / "store.ok", wd / "store")
+
+
+@pytest.mark.slow
+def test_pipeline_survives_an_outage_and_catches_up(tmp_path):
+    from mlflow import MlflowClient
+
+    wd = tmp_path
+    (wd / "config.yaml").write_text(yaml.safe_dump(TINY))
+    block(wd)
+
+    # the store is broken: every job succeeds, the track steps say "skipped", the report is made
+    out = snakemake(wd)
+    assert statuses(wd) == ["skipped"] * 3
+    assert "was skipped for 3 track step(s)" in out
+    assert (wd / "results/studies/only/tables/summary.csv").exists()
+    assert json.loads((wd / RECORDS[1]).read_text())["studies"] == ["only"]
+    # a later snakemake would redo exactly the track steps
+    assert pending_rules(wd) == {"mlflow_init", "track_run", "track_study"}
+
+    # `segbench sync` completes MLflow; afterwards snakemake has nothing to do
+    unblock(wd)
+    proc = segbench("sync", cwd=wd)
+    assert proc.returncode == 0, proc.stderr
+    assert statuses(wd) == ["logged"] * 3
+    assert pending_rules(wd) == set()
+    client = MlflowClient(f"sqlite:///{wd}/store/mlflow.db")
+    exp = client.get_experiment_by_name("segbench-only")
+    assert len(client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")) == 1
+
+    # another outage, this time completed by snakemake itself
+    block(wd)
+    snakemake(wd, "--forcerun", "mlflow_init")
+    assert statuses(wd) == ["skipped"] * 3
+    unblock(wd)
+    snakemake(wd)
+    assert statuses(wd) == ["logged"] * 3
+    assert pending_rules(wd) == set()
+    runs = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
+    assert len(runs) == 1  # re-logging never duplicates a run

@@ -7,3 +7,36 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("SEGBENCH_NO_PROGRESS", "1")
+
+
+import pytest  # noqa: E402
+
+
+def tiny_run_spec(model_params: dict | None = None, loss: dict | None = None, epochs: int = 2) -> dict:
+    """The resolved spec of one run on the tiny synthetic dataset (64x128), as the planner
+    would hand it to ``segbench train``: a width-4 U-Net, CE unless ``loss`` says otherwise."""
+    from segbench.config import validate_config
+    from segbench.plan import Plan
+
+    loss = loss or {"type": "ce"}
+    cfg = validate_config({
+        "datasets": {"tiny": {"source": "synthetic", "generate": {"train": 6, "val": 2, "height": 64, "width": 128}}},
+        "models": {"unet": {"arch": "unet", "params": model_params or {"width": 4}}},
+        "losses": {loss["type"]: loss},
+        "train": {"epochs": epochs, "batch_size": 2, "crop": [64, 128], "workers": 0, "threads": 1},
+        "studies": {"s": {"datasets": ["tiny"], "models": ["unet"], "losses": [loss["type"]]}},
+    })
+    plan = Plan(cfg)
+    return plan.run_spec(plan.runs[0])
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """6 train / 2 val synthetic scenes at 64x128, prepared like Cityscapes (seconds)."""
+    from segbench.data.prepare import prepare_cityscapes
+    from segbench.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("tiny-synthetic")
+    generate(root / "raw", seed=0, splits={"train": 6, "val": 2}, height=64, width=128, progress=False)
+    prepare_cityscapes(root / "raw", root / "prepared", progress=False)
+    return root / "prepared"

@@ -33,27 +33,12 @@ SCREENSHOT = Path("/tmp/serve_page.png")
 
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, tiny_dataset):
     """A 2-epoch width-4 U-Net on 6 synthetic 64x128 scenes (seconds)."""
-    from segbench.config import validate_config
-    from segbench.data.prepare import prepare_cityscapes
-    from segbench.data.synthetic import generate
     from segbench.engine.train import train_run
-    from segbench.plan import Plan
 
-    root = tmp_path_factory.mktemp("serve")
-    generate(root / "raw", seed=0, splits={"train": 6, "val": 2}, height=64, width=128, progress=False)
-    prepare_cityscapes(root / "raw", root / "prepared", progress=False)
-    cfg = validate_config({
-        "datasets": {"tiny": {"source": "synthetic", "generate": {"train": 6, "val": 2, "height": 64, "width": 128}}},
-        "models": {"unet": {"arch": "unet", "params": {"width": 4}}},
-        "losses": {"ce": {"type": "ce"}},
-        "train": {"epochs": 2, "batch_size": 2, "crop": [64, 128], "workers": 0, "threads": 1},
-        "studies": {"s": {"datasets": ["tiny"], "models": ["unet"], "losses": ["ce"]}},
-    })
-    plan = Plan(cfg)
-    out = root / "run"
-    train_run(plan.run_spec(plan.runs[0]), root / "prepared", out, threads=1, progress=False)
+    out = tmp_path_factory.mktemp("serve") / "run"
+    train_run(tiny_run_spec(), tiny_dataset, out, threads=1, progress=False)
     shutil.rmtree(out / "ckpt", ignore_errors=True)
     return out
 

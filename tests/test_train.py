@@ -6,33 +6,18 @@ import json
 import pytest
 import torch
 
-from segbench.config import validate_config
-from segbench.plan import Plan
+from conftest import tiny_run_spec
 
 TIME_COLUMNS = {"epoch_seconds", "time"}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from segbench.data.prepare import prepare_cityscapes
-    from segbench.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root / "raw", seed=0, splits={"train": 6, "val": 2}, height=64, width=128, progress=False)
-    prepare_cityscapes(root / "raw", root / "prepared", progress=False)
-    return root / "prepared"
+@pytest.fixture
+def data_dir(tiny_dataset):
+    return tiny_dataset
 
 
-def spec_for(model="unet"):
-    cfg = validate_config({
-        "datasets": {"tiny": {"source": "synthetic", "generate": {"train": 6, "val": 2, "height": 64, "width": 128}}},
-        "models": {"unet": {"arch": "unet", "params": {"width": 4}}},
-        "losses": {"ce": {"type": "ce"}},
-        "train": {"epochs": 2, "batch_size": 2, "crop": [64, 128], "workers": 0, "threads": 1},
-        "studies": {"s": {"datasets": ["tiny"], "models": ["unet"], "losses": ["ce"]}},
-    })
-    plan = Plan(cfg)
-    return plan.run_spec(plan.runs[0])
+def spec_for():
+    return tiny_run_spec()
 
 
 def history(path):

@@ -40,3 +40,27 @@ def tiny_dataset(tmp_path_factory):
     generate(root / "raw", seed=0, splits={"train": 6, "val": 2}, height=64, width=128, progress=False)
     prepare_cityscapes(root / "raw", root / "prepared", progress=False)
     return root / "prepared"
+
+
+# A small self-contained config for tests of the config machinery: independent of the
+# default config.yaml, whose studies change as the benchmark grows.
+MINIMAL_CONFIG = {
+    "datasets": {"synthetic": {"source": "synthetic", "labels": "trainId",
+                               "generate": {"seed": 0, "train": 160, "val": 40, "height": 128, "width": 256}}},
+    "models": {"unet": {"arch": "unet", "params": {"width": 16}},
+               "segnet": {"arch": "segnet", "params": {"width": 16}}},
+    "losses": {"ce": {"type": "ce"}},
+    "train": {"epochs": 6, "batch_size": 4, "crop": [128, 256]},
+    "eval": {"batch_size": 4, "samples": 4},
+    "profile": {"warmup": 3, "iterations": 10},
+    "mlflow": {"enabled": True, "tracking_uri": None},
+    "studies": {"unet_segnet": {"datasets": ["synthetic"], "models": ["unet", "segnet"], "losses": ["ce"],
+                                "seeds": [0]}},
+}
+
+
+@pytest.fixture
+def minimal_config():
+    import copy
+
+    return copy.deepcopy(MINIMAL_CONFIG)

@@ -24,7 +24,9 @@ def test_check_config_lists_runs():
 
 
 def test_check_config_names_bad_key(tmp_path):
-    cfg = (ROOT / "config.yaml").read_text().replace("epochs: 6", "epochs: six")
+    import re
+
+    cfg = re.sub(r"(?m)^  epochs: \d+", "  epochs: six", (ROOT / "config.yaml").read_text())
     (tmp_path / "c.yaml").write_text(cfg)
     proc = segbench("check-config", str(tmp_path / "c.yaml"))
     assert proc.returncode == 2

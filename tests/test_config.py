@@ -11,12 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def raw():
-    return yaml.safe_load((ROOT / "config.yaml").read_text())
+def raw(minimal_config):
+    return minimal_config
 
 
-def test_default_config_is_valid_and_filled(raw):
-    cfg = validate_config(raw)
+def test_default_config_is_valid_and_filled():
+    cfg = validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()))
     assert cfg["train"]["optimizer"] in ("adamw", "sgd")
     assert cfg["studies"]["unet_segnet"]["seeds"] == [0]
     assert cfg["mlflow"]["tracking_uri"] is None

@@ -34,8 +34,8 @@ def docs_block(marker: str) -> dict:
 
 
 @pytest.fixture
-def raw():
-    return yaml.safe_load((ROOT / "config.yaml").read_text())
+def raw(minimal_config):
+    return minimal_config
 
 
 def test_table1_expands_to_the_papers_rows(raw):

@@ -314,4 +314,4 @@ def test_training_with_embeddings(data_dir, tmp_path, monkeypatch):
     train_mod.train_run(spec, data_dir, tmp_path / "emb", threads=1, progress=False)
     rows = list(csv.DictReader(open(tmp_path / "emb" / "history.csv")))
     assert math.isfinite(float(rows[0]["train_loss"]))
-    assert len(terms) == 2 and all(float(t.detach()) > 0 for t in terms)  # one contrastive term per step
+    assert len(terms) == 6 // 2 and all(float(t.detach()) > 0 for t in terms)  # one term per step: 6 images, batch 2

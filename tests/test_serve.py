@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_run_spec
 import requests
 import torch
 from PIL import Image
@@ -44,8 +45,8 @@ def run_dir(tmp_path_factory, tiny_dataset):
 
 
 @pytest.fixture(scope="module")
-def val_image(run_dir):
-    raw = run_dir.parent / "raw" / "leftImg8bit" / "val"
+def val_image(tiny_dataset):
+    raw = tiny_dataset.parent / "raw" / "leftImg8bit" / "val"
     return np.asarray(Image.open(sorted(raw.rglob("*.png"))[0]).convert("RGB"))
 
 

@@ -170,27 +170,9 @@ say "SLURM up: node $NODE, $SLOTS slots (CPUs $CPUS), partition segbench (slurmc
 # ---------------------------------------------------------------- the tiny workflow, twice
 export PATH="$BIN:$PATH" SEGBENCH_NO_PROGRESS=1 NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg
 mkdir -p "$WORK/local" "$WORK/slurm-run"
-"$PYTHON" - "$WORK/local/config.yaml" "$WORK/slurm-run/config.yaml" <<'EOF'
-import sys, yaml
 # the end-to-end test's tiny config: 2 models x 1 loss x 1 seed, 2 studies, 2 epochs
-TINY = {
-    "datasets": {"synthetic": {"source": "synthetic",
-                               "generate": {"seed": 1, "train": 8, "val": 4, "height": 64, "width": 128}}},
-    "models": {"unet": {"arch": "unet", "params": {"width": 4}},
-               "segnet": {"arch": "segnet", "params": {"width": 4}}},
-    "losses": {"ce": {"type": "ce"}},
-    "train": {"epochs": 2, "batch_size": 2, "crop": [64, 128], "workers": 0, "threads": 1},
-    "eval": {"batch_size": 2, "samples": 2},
-    "profile": {"warmup": 1, "iterations": 2, "threads": 1},
-    "studies": {
-        "unet_segnet": {"datasets": ["synthetic"], "models": ["unet", "segnet"], "losses": ["ce"], "seeds": [0]},
-        "unet_only": {"datasets": ["synthetic"], "models": ["unet"], "losses": ["ce"], "seeds": [0]},
-    },
-}
-for path in sys.argv[1:]:
-    with open(path, "w") as f:
-        yaml.safe_dump(TINY, f)
-EOF
+cp "$ROOT/tests/data/tiny_config.yaml" "$WORK/local/config.yaml"
+cp "$ROOT/tests/data/tiny_config.yaml" "$WORK/slurm-run/config.yaml"
 
 # the MLflow server starts (25-40 s) while the local run goes
 MLFLOW_PORT=$("$PYTHON" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")

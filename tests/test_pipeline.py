@@ -13,20 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-TINY = {
-    "datasets": {"synthetic": {"source": "synthetic",
-                               "generate": {"seed": 1, "train": 8, "val": 4, "height": 64, "width": 128}}},
-    "models": {"unet": {"arch": "unet", "params": {"width": 4}},
-               "segnet": {"arch": "segnet", "params": {"width": 4}}},
-    "losses": {"ce": {"type": "ce"}},
-    "train": {"epochs": 2, "batch_size": 2, "crop": [64, 128], "workers": 0, "threads": 1},
-    "eval": {"batch_size": 2, "samples": 2},
-    "profile": {"warmup": 1, "iterations": 2},
-    "studies": {
-        "unet_segnet": {"datasets": ["synthetic"], "models": ["unet", "segnet"], "losses": ["ce"], "seeds": [0]},
-        "unet_only": {"datasets": ["synthetic"], "models": ["unet"], "losses": ["ce"], "seeds": [0]},
-    },
-}
+TINY = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
 
 
 def snakemake(workdir, *args, check=True):

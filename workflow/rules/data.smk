@@ -10,6 +10,8 @@ rule generate_synthetic:
         args=_generate_params,
     log:
         "results/logs/generate/{dataset}.log",
+    benchmark:
+        "results/benchmarks/generate/{dataset}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -34,6 +36,8 @@ rule download_archive:
         dir=lambda w, output: os.path.dirname(output[0]),
     log:
         "results/logs/download/{source}/{archive}.log",
+    benchmark:
+        "results/benchmarks/download/{source}/{archive}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -58,6 +62,8 @@ rule verify_archive:
         md5=_verify_args,
     log:
         "results/logs/verify/{source}/{archive}.log",
+    benchmark:
+        "results/benchmarks/verify/{source}/{archive}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -80,6 +86,8 @@ rule extract_archives:
         source="|".join(DOWNLOAD_SOURCES),
     log:
         "results/logs/extract/{source}.log",
+    benchmark:
+        "results/benchmarks/extract/{source}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -106,6 +114,8 @@ rule prepare:
         out=lambda w, output: os.path.dirname(output.manifest),
     log:
         "results/logs/prepare/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare/{dataset}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -135,6 +145,8 @@ rule prepare_dataset:
         out=lambda w, output: os.path.dirname(output.manifest),
     log:
         "results/logs/prepare/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare/{dataset}.tsv"
     threads: 1
     resources:
         mem_mb=2000,

@@ -17,6 +17,8 @@ rule evaluate:
         samples=CFG["eval"]["samples"],
     log:
         "results/logs/evaluate/{dataset}/{model}/{loss}/s{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{dataset}/{model}/{loss}/s{seed}.tsv"
     threads: 1
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
@@ -38,6 +40,8 @@ rule profile:
         iterations=CFG["profile"]["iterations"],
     log:
         "results/logs/profile/{model}-c{classes}-{height}x{width}.log",
+    benchmark:
+        "results/benchmarks/profile/{model}-c{classes}-{height}x{width}.tsv"
     wildcard_constraints:
         classes=r"\d+",
         height=r"\d+",

@@ -14,6 +14,8 @@ rule report:
         out=lambda w, output: os.path.dirname(os.path.dirname(output.md)),
     log:
         "results/logs/report/{study}.log",
+    benchmark:
+        "results/benchmarks/report/{study}.tsv"
     threads: 1
     resources:
         mem_mb=2000,

@@ -32,6 +32,8 @@ rule mlflow_init:
         round=lambda w: record_round(INIT_RECORD),
     log:
         "results/logs/mlflow/init.log",
+    benchmark:
+        "results/benchmarks/mlflow/init.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -59,6 +61,8 @@ rule track_run:
         round=lambda w: record_round(RUN_RECORD.format(dataset=w.dataset, model=w.model, loss=w.loss, seed=w.seed)),
     log:
         "results/logs/mlflow/runs/{dataset}/{model}/{loss}/s{seed}.log",
+    benchmark:
+        "results/benchmarks/mlflow/runs/{dataset}/{model}/{loss}/s{seed}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -83,6 +87,8 @@ rule track_study:
         round=lambda w: record_round(STUDY_RECORD.format(study=w.study)),
     log:
         "results/logs/mlflow/studies/{study}.log",
+    benchmark:
+        "results/benchmarks/mlflow/studies/{study}.tsv"
     threads: 1
     resources:
         mem_mb=1000,

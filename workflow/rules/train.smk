@@ -16,6 +16,8 @@ rule train:
         out=lambda w, output: os.path.dirname(output.run),
     log:
         "results/logs/train/{dataset}/{model}/{loss}/s{seed}.log",
+    benchmark:
+        "results/benchmarks/train/{dataset}/{model}/{loss}/s{seed}.tsv"
     # train.threads of the config; Snakemake caps it at --cores locally (no workflow.cores
     # here: a cluster run has none). On SLURM a GPU job gets cpus_per_gpu CPUs per GPU
     # instead (workflow/profiles/slurm): torch uses `threads` of them, the DataLoader

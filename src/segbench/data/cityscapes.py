@@ -43,6 +43,7 @@ from typing import Any
 
 from segbench.data import DataError
 from segbench.data.download import Archive, md5sum
+from segbench.io import write_text
 
 __all__ = [
     "ARCHIVES",
@@ -230,7 +231,55 @@ def download(
     except (requests.RequestException, ValueError) as e:
         raise DataError(f"cannot list the Cityscapes packages at {site} ({e.__class__.__name__}: {e})") from None
     staging = dest / ".partial"
+    dest.mkdir(parents=True, exist_ok=True)
+    # Several download jobs (one per archive) share the staging folder: each holds a shared
+    # lock on the destination folder while it works, and the folder is removed only by a job
+    # that finds no other one at work (else it would vanish under a running download).
+    users = _share_folder(dest)
     staging.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_packages(todo, dest, staging, session, packages, retries=retries, progress=progress)
+    finally:
+        _leave_folder(users, staging)
+    return [dest / a for a in archives]
+
+
+def _share_folder(folder: Path) -> int | None:
+    """A shared ``flock`` on ``folder`` (an open descriptor), or None where flock is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def _leave_folder(fd: int | None, staging: Path) -> None:
+    """Remove the empty ``staging`` folder unless another download holds the lock; unlock."""
+    if fd is None:
+        return
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass  # another download is at work: it (or the last one) removes the folder
+    else:
+        try:
+            staging.rmdir()
+        except OSError:
+            pass  # not empty: a partial download to resume later
+    finally:
+        os.close(fd)
+
+
+def _download_packages(todo: Sequence[str], dest: Path, staging: Path, session, packages: dict, *, retries: int,
+                       progress: bool) -> None:
+    import requests
+    import urllib3
+    from cityscapesscripts.download import downloader
+
     for name in todo:
         if name not in packages:
             raise DataError(f"the Cityscapes site offers no package {name} to this account; "
@@ -264,14 +313,10 @@ def download(
                 raise DataError(f"checksum mismatch for {name}: expected MD5 {expected} (served by the Cityscapes "
                                 f"site), got {actual}. The file was deleted; run the download again") from None
         final = dest / name
-        shutil.move(str(part), final)
-        (dest / f"{name}.md5").write_text(f"{expected}  {name}\n", encoding="utf-8")
+        # the checksum first (atomically): an archive in place always has its .md5 beside it
+        write_text(dest / f"{name}.md5", f"{expected}  {name}\n")
+        shutil.move(str(part), final)  # a rename within the folder: atomic
         print(f"downloaded {final}")
-    try:
-        staging.rmdir()
-    except OSError:
-        pass
-    return [dest / a for a in archives]
 
 
 def find_root(root: str | os.PathLike[str]) -> Path:

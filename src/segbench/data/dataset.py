@@ -1,14 +1,19 @@
 """A torch Dataset over a prepared manifest (``results/data/{dataset}/manifest.csv``).
 
 Each item is ``(image [3,H,W] float32 normalised, label [H,W] int64, index)``. Images are
-decoded with Pillow as RGB; labels must be single-channel uint8 PNGs in train ids.
-A file that cannot be read fails with its path; it never becomes a black image.
+decoded with Pillow as RGB (:func:`segbench.data.images.read_rgb`: greyscale and RGBA are
+converted with a note, 16-bit images refused); labels must be single-channel uint8 PNGs in
+train ids, and, when the prepared folder's ``meta.json`` is there, hold only ids below its
+``num_classes`` or its ``ignore_index``. A file that cannot be read, or that breaks these
+rules, fails with its path and what to do; it never becomes a black image.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +21,13 @@ import torch
 from PIL import Image
 
 from segbench.data import DataError
+from segbench.data.images import ImageProblem, read_rgb
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+
+
+_PREPARE_AGAIN = "run `segbench prepare` again (or delete results/data/DATASET/ and rerun snakemake)"
 
 
 def read_manifest(manifest: str | Path, split: str) -> list[dict]:
@@ -27,33 +36,49 @@ def read_manifest(manifest: str | Path, split: str) -> list[dict]:
         raise DataError(f"manifest {manifest} does not exist: run `segbench prepare` (or snakemake) first")
     base = manifest.parent
     with open(manifest, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == split]
+        reader = csv.DictReader(f)
+        missing = [c for c in ("split", "image", "label") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"manifest {manifest} has no column {', '.join(map(repr, missing))} (columns: "
+                            f"{', '.join(reader.fieldnames or []) or 'none'}); it was not written by "
+                            f"`segbench prepare`: {_PREPARE_AGAIN}")
+        rows = [r for r in reader if r["split"] == split]
     if not rows:
-        raise DataError(f"manifest {manifest} has no rows for split '{split}'")
+        raise DataError(f"manifest {manifest} has no rows for split '{split}': the dataset's {split} split was "
+                        f"empty or missing when it was prepared; check the dataset's root (a '{split}' folder "
+                        f"with images and labels) and {_PREPARE_AGAIN}")
     for r in rows:
         r["image"] = str(base / r["image"])
         r["label"] = str(base / r["label"])
     return rows
 
 
+_NOTED: set[str] = set()
+
+
 def read_image(path: str) -> np.ndarray:
+    """uint8 [H, W, 3]; a greyscale or RGBA image is converted (noted once per kind and process)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}; re-extract or remove the file and rerun prepare") from None
+        rgb, note = read_rgb(path)
+    except ImageProblem as e:
+        raise DataError(f"cannot use image {path}: {e}") from None
+    if note and note not in _NOTED:
+        _NOTED.add(note)
+        print(f"note: image {path} is {note} (said once per kind of image)", file=sys.stderr, flush=True)
+    return rgb
 
 
 def read_label(path: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            im.load()
             if im.mode not in ("L", "P"):
-                raise DataError(f"label {path} has mode {im.mode}; expected a single-channel uint8 PNG of train ids")
+                raise DataError(f"label {path} has mode {im.mode}; expected a single-channel uint8 PNG of train "
+                                f"ids as `segbench prepare` writes them: {_PREPARE_AGAIN}")
+            im.load()
             return np.asarray(im)
-    except OSError as e:
-        raise DataError(f"cannot read label {path}: {e}; rerun `segbench prepare`") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise DataError(f"cannot read label {path} ({e.__class__.__name__}: {e}); the prepared labels are damaged "
+                        f"or incomplete: {_PREPARE_AGAIN}") from None
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -61,11 +86,37 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
+def _any_invalid(label: np.ndarray, valid: np.ndarray) -> bool:
+    """Whether a uint8 label holds a value ``valid`` marks False (about 1 ms for 2 MP)."""
+    if valid[: int(label.max()) + 1].all():
+        return False
+    import cv2
+
+    return cv2.countNonZero(cv2.LUT(np.ascontiguousarray(label), (~valid).astype(np.uint8))) > 0
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     def __init__(self, manifest: str | Path, split: str, transform=None):
         self.rows = read_manifest(manifest, split)
         self.split = split
         self.transform = transform
+        self.meta_path = Path(manifest).parent / "meta.json"
+        #: label value -> valid?, from meta.json (None: not checked)
+        self.valid_ids: np.ndarray | None = None
+        self.num_classes: int | None = None
+        if self.meta_path.is_file():
+            try:
+                meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+                self.num_classes = int(meta["num_classes"])
+                ignore = int(meta.get("ignore_index", 255))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise DataError(f"{self.meta_path} is not a readable meta.json ({e.__class__.__name__}: {e}): "
+                                f"{_PREPARE_AGAIN}") from None
+            valid = np.zeros(256, dtype=bool)
+            valid[: min(self.num_classes, 256)] = True
+            if 0 <= ignore < 256:
+                valid[ignore] = True
+            self.valid_ids = valid
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -78,7 +129,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image, label = read_image(row["image"]), read_label(row["label"])
         if image.shape[:2] != label.shape:
             raise DataError(f"image {row['image']} is {image.shape[1]}x{image.shape[0]} but its label "
-                            f"{row['label']} is {label.shape[1]}x{label.shape[0]}")
+                            f"{row['label']} is {label.shape[1]}x{label.shape[0]} (width x height): one of them "
+                            f"was replaced after preparation, which checks every pair; {_PREPARE_AGAIN}")
+        if self.valid_ids is not None and label.dtype == np.uint8 and _any_invalid(label, self.valid_ids):
+            present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+            bad = present[~self.valid_ids[present]]
+            if bad.size:
+                shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+                raise DataError(f"label {row['label']} contains id{'s' if bad.size > 1 else ''} {shown}, but "
+                                f"{self.meta_path} says {self.num_classes} classes (ids 0..{self.num_classes - 1}, "
+                                f"plus the ignore index): the label does not belong to this prepared dataset; "
+                                f"{_PREPARE_AGAIN}")
         return image, label
 
     def __getitem__(self, index: int):

@@ -24,6 +24,7 @@ file, URL or member and saying what to do. ``requests`` is imported only when do
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import os
@@ -33,6 +34,7 @@ import sys
 import tarfile
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -207,10 +209,16 @@ def download(
                     total = int(length) if length and length.isdigit() else None
                 if total is not None:
                     check_free_space(dest.parent, total - have, f"downloading {dest.name}")
-                with open(part, mode) as f, progress_bar(total, dest.name, progress, initial=have) as bar:
-                    for chunk in r.raw.stream(CHUNK, decode_content=False):
-                        f.write(chunk)
-                        bar.update(len(chunk))
+                try:
+                    with open(part, mode) as f, progress_bar(total, dest.name, progress, initial=have) as bar:
+                        for chunk in r.raw.stream(CHUNK, decode_content=False):
+                            f.write(chunk)
+                            bar.update(len(chunk))
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    raise _disk_full(e, f"downloading {dest.name} (the partial file {part} is kept and "
+                                        "resumed)", dest.parent) from None
             size = part.stat().st_size
             if total is not None and size != total:
                 raise _Incomplete(f"connection closed at {size} of {total} bytes")
@@ -362,10 +370,23 @@ def _inside(target: Path, name: str) -> Path:
 
 
 def _copy(src, dst: Path, bar) -> None:
-    with open(dst, "wb") as out:
-        for block in iter(lambda: src.read(CHUNK), b""):
-            out.write(block)
-            bar.update(len(block))
+    try:
+        with open(dst, "wb") as out:
+            for block in iter(lambda: src.read(CHUNK), b""):
+                out.write(block)
+                bar.update(len(block))
+    except BaseException:
+        dst.unlink(missing_ok=True)  # never leave a half-written member that looks complete
+        raise
+
+
+def _disk_full(e: OSError, what: str, where: Path) -> DataError:
+    try:
+        free = human_bytes(shutil.disk_usage(where if where.exists() else where.parent).free)
+    except OSError:
+        free = "unknown"
+    return DataError(f"the disk filled up while {what} (no space left on device in {where}; {free} free now); "
+                     "free some space (or point results/ at a larger disk) and run the same command again")
 
 
 def _extract_one(path: Path, target: Path, bar) -> None:
@@ -429,6 +450,23 @@ def extract(archives: list[str | os.PathLike[str]], target: str | os.PathLike[st
     with progress_bar(need, "extract", progress) as bar:
         for p in paths:
             print(f"extracting {p.name} ({len(members[p])} members) into {target}", file=sys.stderr)
-            _extract_one(p, target, bar)
+            try:
+                _extract_one(p, target, bar)
+            except DataError:
+                raise
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise _disk_full(e, f"extracting {p.name}", target) from None
+                if not e.errno:  # a read error inside the archive's data
+                    raise _damaged(p, target, e) from None
+                raise
+            except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, ValueError) as e:
+                raise _damaged(p, target, e) from None
     return {p.name: len(members[p]) for p in paths}
+
+
+def _damaged(archive: Path, target: Path, e: BaseException) -> DataError:
+    return DataError(f"{archive} is damaged: {e.__class__.__name__}: {e}. The files extracted into {target} so far "
+                     "are incomplete. Delete the archive (and that folder) and download it again; `segbench verify` "
+                     "checks its MD5")
 

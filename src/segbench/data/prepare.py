@@ -18,8 +18,12 @@ and writes, as ``docs/outputs.md`` specifies, under ``out``:
 Every input is checked before anything is trusted, and all problems are reported together
 in one :class:`~segbench.data.DataError`: a missing or empty split folder, an image without
 its label (and the reverse), image / label size mismatch, a label PNG that is not
-single-channel 8-bit, and label values that are not Cityscapes label ids (0..33). Images are
-only opened up to their header (size), not decoded.
+single-channel 8-bit PNG, label values that are not Cityscapes label ids (0..33), and images
+that are empty, truncated, corrupt or 16-bit (:func:`segbench.data.images.check_image`: a
+PNG's chunks and checksums are read, a JPEG is decoded at 1/8 scale, so a damaged file is
+found here and not hours into training). A greyscale or RGBA image is accepted with a
+warning (it is converted to RGB when read). A file with the wrong extension (an image
+saved as ``.jpg`` where the layout names ``.png``) is reported as such.
 
 Each file is written atomically; an existing manifest is removed first and the new one is
 written last, so a manifest exists only after a complete, successful run.
@@ -47,6 +51,7 @@ import numpy as np
 from PIL import Image
 
 from segbench.data import DataError
+from segbench.data.images import ImageProblem, check_image
 from segbench.data.cityscapes_labels import (
     CATEGORY_CLASSES,
     CATEGORY_PALETTE,
@@ -88,6 +93,71 @@ _MODE_NAMES = {
 }
 
 
+def _other_extensions(expected: Path) -> str:
+    """`` (found NAME instead: ...)`` when a file of ``expected``'s name with another extension exists."""
+    suffix = expected.suffix
+    stem = expected.name[: -len(suffix)] if suffix else expected.name
+    try:
+        others = sorted(p for p in expected.parent.iterdir() if p.name != expected.name
+                        and p.name.startswith(stem + ".") and "." not in p.name[len(stem) + 1:])
+    except OSError:
+        return ""
+    if not others:
+        return ""
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(suffix.lower(), suffix.lstrip(".").upper())
+    return (f"; found {others[0].name} instead: the layout names {suffix} files - rename it if it is a {fmt} file, "
+            f"else convert it to {fmt} (better: take the original file from the dataset's archive)")
+
+
+def _found_instead(folder: Path, pattern: str) -> str:
+    """`` (found N files with another extension, e.g. NAME: ...)`` for a pattern that matched nothing."""
+    suffix = Path(pattern).suffix
+    if not suffix:
+        return ""
+    others = sorted(folder.glob(pattern[: -len(suffix)] + ".*"))
+    if not others:
+        return ""
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(suffix.lower(), suffix.lstrip(".").upper())
+    return (f" (found {len(others):,} file(s) with another extension instead, e.g. {others[0]}: the layout names "
+            f"{suffix} files - rename them if they are {fmt} files, else convert them to {fmt}; better, take the "
+            "original files from the dataset's archive)")
+
+
+class _Notes:
+    """Images accepted with a conversion (greyscale, RGBA ...): one warning per kind."""
+
+    def __init__(self) -> None:
+        self.by_note: dict[str, list[Path]] = {}
+
+    def add(self, note: str | None, path: Path) -> None:
+        if note:
+            self.by_note.setdefault(note, []).append(path)
+
+    def warn(self) -> None:
+        for note, paths in self.by_note.items():
+            more = f" (and {len(paths) - 1:,} more)" if len(paths) > 1 else ""
+            warn(f"{len(paths):,} image(s) are {note}, e.g. {paths[0]}{more}; nothing to do unless that is "
+                 "unexpected for this dataset")
+
+
+def _image_size(img: Path, problems: list[str], notes: _Notes) -> tuple[int, int] | None:
+    """(width, height) of a usable image, or None (problem appended)."""
+    try:
+        size, note = check_image(img)
+    except ImageProblem as e:
+        problems.append(f"{img}: {e}")
+        return None
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a data problem
+        problems.append(f"{img}: cannot read image ({e.__class__.__name__}: {e})")
+        return None
+    notes.add(note, img)
+    return size
+
+
+_NOT_PNG = ("label file is {fmt} data, not PNG{named}: lossy compression changes the ids at every edge; use the "
+            "original PNG label from the dataset's archive")
+
+
 def _find(folder: Path, suffix: str) -> dict[str, Path]:
     """stem -> file for every ``{city}/{stem}{suffix}`` in ``folder``."""
     found: dict[str, Path] = {}
@@ -110,9 +180,11 @@ def _scan_split(root: Path, split: str, problems: list[str]) -> list[tuple[str, 
     images = _find(img_dir, IMAGE_SUFFIX)
     labels = _find(lab_dir, LABEL_SUFFIX)
     if not images:
-        problems.append(f"split '{split}': no {{city}}/*{IMAGE_SUFFIX} files in {img_dir}")
+        problems.append(f"split '{split}': no {{city}}/*{IMAGE_SUFFIX} files in {img_dir}"
+                        f"{_found_instead(img_dir, '*/*' + IMAGE_SUFFIX)}")
     if not labels:
-        problems.append(f"split '{split}': no {{city}}/*{LABEL_SUFFIX} files in {lab_dir}")
+        problems.append(f"split '{split}': no {{city}}/*{LABEL_SUFFIX} files in {lab_dir}"
+                        f"{_found_instead(lab_dir, '*/*' + LABEL_SUFFIX)}")
     if not images or not labels:
         return []
     pairs = []
@@ -120,13 +192,15 @@ def _scan_split(root: Path, split: str, problems: list[str]) -> list[tuple[str, 
         city, stem = key.split("/", 1)
         lab = labels.get(key)
         if lab is None:
-            problems.append(f"{img}: image without a label file (expected {lab_dir / city / (stem + LABEL_SUFFIX)})")
+            want = lab_dir / city / (stem + LABEL_SUFFIX)
+            problems.append(f"{img}: image without a label file (expected {want}){_other_extensions(want)}")
         else:
             pairs.append((city, stem, img, lab))
     for key, lab in labels.items():
         if key not in images:
             city, stem = key.split("/", 1)
-            problems.append(f"{lab}: label without an image (expected {img_dir / city / (stem + IMAGE_SUFFIX)})")
+            want = img_dir / city / (stem + IMAGE_SUFFIX)
+            problems.append(f"{lab}: label without an image (expected {want}){_other_extensions(want)}")
     seen: dict[str, str] = {}
     for city, stem, img, _ in pairs:
         if stem in seen:
@@ -136,17 +210,17 @@ def _scan_split(root: Path, split: str, problems: list[str]) -> list[tuple[str, 
     return pairs
 
 
-def _check_pair(img: Path, lab: Path, problems: list[str]) -> np.ndarray | None:
+def _check_pair(img: Path, lab: Path, problems: list[str], notes: _Notes) -> np.ndarray | None:
     """The label ids of a valid pair, or None (problems appended)."""
-    try:
-        with Image.open(img) as im:
-            img_size = im.size
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a data problem
-        problems.append(f"{img}: cannot read image ({e.__class__.__name__}: {e})")
+    img_size = _image_size(img, problems, notes)
+    if img_size is None:
         return None
     try:
         with Image.open(lab) as lb:
             lab_size, mode = lb.size, lb.mode
+            if lb.format != "PNG":
+                problems.append(f"{lab}: " + _NOT_PNG.format(fmt=lb.format, named=" (named .png)"))
+                return None
             if mode not in ("L", "P"):
                 what = _MODE_NAMES.get(mode, f"mode {mode}")
                 problems.append(f"{lab}: label PNG is {what} (mode {mode}); expected single-channel 8-bit "
@@ -213,6 +287,7 @@ def prepare_cityscapes(
     suffix = OUTPUT_SUFFIX[label_set]
 
     problems: list[str] = []
+    notes = _Notes()
     pairs_by_split = {split: _scan_split(root_p, split, problems) for split in splits}
     count_problems = check_split_sizes({s: len(p) for s, p in pairs_by_split.items()}, expected or {},
                                        where=str(root_p), allow_partial=allow_partial)
@@ -226,7 +301,7 @@ def prepare_cityscapes(
 
             it = tqdm(pairs, desc=f"prepare {split}", unit="img")
         for city, stem, img, lab in it:
-            ids = _check_pair(img, lab, problems)
+            ids = _check_pair(img, lab, problems, notes)
             if ids is None or problems:  # once anything is wrong, only keep checking
                 continue
             dst = out_p / "labels" / split / f"{stem}{suffix}"
@@ -235,6 +310,7 @@ def prepare_cityscapes(
             written[split].add(dst)
             rows.append((split, Path(os.path.relpath(img, out_p)).as_posix(),
                          Path(os.path.relpath(dst, out_p)).as_posix(), city))
+    notes.warn()
     if problems:
         raise DataError.from_problems(
             f"Cityscapes tree {root_p} cannot be prepared",
@@ -335,9 +411,9 @@ def pair_by_stem(split: str, img_dir: Path, img_pattern: str, lab_dir: Path, lab
     images = {p.stem: p for p in sorted(img_dir.glob(img_pattern))}
     labels = {p.stem: p for p in sorted(lab_dir.glob(lab_pattern))}
     if not images:
-        problems.append(f"split '{split}': no {img_pattern} files in {img_dir}")
+        problems.append(f"split '{split}': no {img_pattern} files in {img_dir}{_found_instead(img_dir, img_pattern)}")
     if not labels:
-        problems.append(f"split '{split}': no {lab_pattern} files in {lab_dir}")
+        problems.append(f"split '{split}': no {lab_pattern} files in {lab_dir}{_found_instead(lab_dir, lab_pattern)}")
     if not images or not labels:
         return []
     pairs = []
@@ -345,10 +421,12 @@ def pair_by_stem(split: str, img_dir: Path, img_pattern: str, lab_dir: Path, lab
         if stem in labels:
             pairs.append((stem, img, labels[stem]))
         else:
-            problems.append(f"{img}: image without a label file (expected {lab_dir / (stem + Path(lab_pattern).suffix)})")
+            want = lab_dir / (stem + Path(lab_pattern).suffix)
+            problems.append(f"{img}: image without a label file (expected {want}){_other_extensions(want)}")
     for stem, lab in labels.items():
         if stem not in images:
-            problems.append(f"{lab}: label without an image (expected {img_dir / (stem + Path(img_pattern).suffix)})")
+            want = img_dir / (stem + Path(img_pattern).suffix)
+            problems.append(f"{lab}: label without an image (expected {want}){_other_extensions(want)}")
     return pairs
 
 
@@ -356,6 +434,8 @@ def read_png_ids(path: Path, what: str = "label ids") -> np.ndarray:
     """The raw 8-bit values of a single-channel (L) or palette (P) PNG: palette indices are
     read as they are, never converted through RGB."""
     with Image.open(path) as im:
+        if im.format != "PNG":
+            raise LabelError(_NOT_PNG.format(fmt=im.format, named=f" (named {path.suffix})" if path.suffix else ""))
         if im.mode not in ("L", "P"):
             mode = _MODE_NAMES.get(im.mode, f"mode {im.mode}")
             raise LabelError(f"label PNG is {mode} (mode {im.mode}); expected single-channel 8-bit or palette "
@@ -393,9 +473,9 @@ def write_prepared(
 
     ``read_label(path)`` returns the raw values (or raises :class:`LabelError`); ``lut``
     (see :func:`value_lut`) maps them to train ids, -1 marking a value that may not occur
-    (``valid`` describes the allowed ones for the message). Images are only opened up to
-    their header. Problems found before (``problems``) and during the pass are raised
-    together as one :class:`DataError` with ``header`` and ``hint``; nothing is written to
+    (``valid`` describes the allowed ones for the message). Images are checked with
+    :func:`segbench.data.images.check_image` (not fully decoded). Problems found before
+    (``problems``) and during the pass are raised together as one :class:`DataError` with ``header`` and ``hint``; nothing is written to
     the manifest then. Labels are written as ``labels/{split}/{stem}.png``; the manifest
     has ``split,image,label`` and the ``extra_columns``, paths relative to ``out``.
     """
@@ -405,6 +485,7 @@ def write_prepared(
     meta_path.unlink(missing_ok=True)
     rows: list[tuple[str, ...]] = []
     written: dict[str, set[Path]] = {split: set() for split in samples}
+    notes = _Notes()
     for split, items in samples.items():
         it: Any = items
         if progress and os.environ.get("SEGBENCH_NO_PROGRESS") != "1":
@@ -412,11 +493,8 @@ def write_prepared(
 
             it = tqdm(items, desc=f"prepare {split}", unit="img", mininterval=0.2 if sys.stderr.isatty() else 10.0)
         for s in it:
-            try:
-                with Image.open(s.image) as im:
-                    img_size = im.size
-            except Exception as e:  # noqa: BLE001 - any unreadable file is a data problem
-                problems.append(f"{s.image}: cannot read image ({e.__class__.__name__}: {e})")
+            img_size = _image_size(s.image, problems, notes)
+            if img_size is None:
                 continue
             try:
                 ids = read_label(s.label)
@@ -446,6 +524,7 @@ def write_prepared(
             written[split].add(dst)
             rows.append((split, Path(os.path.relpath(s.image, out_p)).as_posix(),
                          Path(os.path.relpath(dst, out_p)).as_posix(), *s.extra))
+    notes.warn()
     if problems:
         raise DataError.from_problems(header, problems, hint)
     for split in samples:  # drop labels an earlier run left and this one did not write

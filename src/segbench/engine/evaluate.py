@@ -7,6 +7,7 @@ The confusion matrix is accumulated on the model's device with one bincount per 
 from __future__ import annotations
 
 import io
+import pickle
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from segbench.data import DataError
 from segbench.data.dataset import SegmentationDataset, pad_collate
 from segbench.engine.common import progress_kwargs, setup_torch
 from segbench.io import atomic_path, read_json, write_json
@@ -27,11 +29,28 @@ def load_trained(run_dir: str | Path, device: torch.device | str = "cpu"):
     for name in ("run.json", "model.pt"):
         if not (run_dir / name).exists():
             raise FileNotFoundError(f"{run_dir / name} is missing: train the run first (snakemake or `segbench train`)")
-    record = read_json(run_dir / "run.json")
-    spec = record["config"]["model"]
-    model = build_model(spec["arch"], record["num_classes"], **spec["params"])
-    state = torch.load(run_dir / "model.pt", map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    retrain = (f"delete {run_dir} and train the run again (snakemake reruns it; "
+               "`segbench train` by hand)")
+    try:
+        record = read_json(run_dir / "run.json")
+        spec = record["config"]["model"]
+        num_classes = record["num_classes"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{run_dir / 'run.json'} is not a complete run record ({e.__class__.__name__}: {e}); "
+                        f"{retrain}") from None
+    model = build_model(spec["arch"], num_classes, **spec["params"])
+    try:
+        state = torch.load(run_dir / "model.pt", map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:  # truncated or foreign
+        raise DataError(f"{run_dir / 'model.pt'} cannot be read as a state_dict ({e.__class__.__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); the file is damaged: {retrain}") from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        first = " ".join(line.strip() for line in str(e).splitlines()[:2])[:300] or e.__class__.__name__
+        raise DataError(f"{run_dir / 'model.pt'} does not fit the model {run_dir / 'run.json'} describes "
+                        f"({spec['arch']}, {num_classes} classes: {first}); the two files come from different "
+                        f"trainings: {retrain}") from None
     return model.to(device).eval(), record
 
 
@@ -53,6 +72,13 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int =
     device = setup_torch(threads)
     model, record = load_trained(run_dir, device)
     num_classes = record["num_classes"]
+    meta_path = data_dir / "meta.json"
+    if meta_path.is_file():
+        data_classes = read_json(meta_path).get("num_classes")
+        if data_classes is not None and int(data_classes) != int(num_classes):
+            raise DataError(f"run {run_dir} was trained with {num_classes} classes but the dataset {data_dir} has "
+                            f"{data_classes} ({meta_path}): evaluate it on the dataset it was trained on "
+                            f"(run.json: dataset {record.get('dataset')!r})")
     ds = SegmentationDataset(data_dir / "manifest.csv", "val", None)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0,
                                          collate_fn=pad_collate)

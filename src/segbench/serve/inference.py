@@ -98,7 +98,8 @@ def decode_image(source: bytes | IO[bytes], max_pixels: int = DEFAULT_MAX_PIXELS
     except Image.DecompressionBombError as e:
         raise ImageRejected(f"the image is too large: {e}", 413) from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise ImageRejected(f"the image's header cannot be read ({e}); the file may be damaged", 400) from None
+        raise ImageRejected(f"the image's header cannot be read ({e}); the file may be damaged: send the complete "
+                            "file again, or another image", 400) from None
     with im:
         w, h = im.size
         if w < 1 or h < 1:
@@ -123,8 +124,8 @@ def decode_image(source: bytes | IO[bytes], max_pixels: int = DEFAULT_MAX_PIXELS
         except Image.DecompressionBombError as e:
             raise ImageRejected(f"the image is too large: {e}", 413) from None
         except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise ImageRejected(f"the {fmt} image cannot be decoded ({e}); the file may be truncated or damaged",
-                                400) from None
+            raise ImageRejected(f"the {fmt} image cannot be decoded ({e}); the file may be truncated or damaged: "
+                                "send the complete file again, or another image", 400) from None
     return Decoded(np.ascontiguousarray(rgb), fmt, mode, notes)
 
 

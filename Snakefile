@@ -6,7 +6,15 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml unless --configfile names another: that file is then the whole config (not
+# merged over config.yaml, whose scaled-down widths would leak into a paper-scale run)
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

@@ -20,7 +20,7 @@ def segbench(*args, cwd=None):
 def test_check_config_lists_runs():
     proc = segbench("check-config", str(ROOT / "config.yaml"))
     assert proc.returncode == 0, proc.stderr
-    assert "synthetic8/gradnet/dice/s0" in proc.stdout and "synthetic/van_fpn_frm/ce_contrastive/s0" in proc.stdout
+    assert "synthetic/gradnet/dice/s0" in proc.stdout and "synthetic/van_fpn_frm/ce_contrastive/s0" in proc.stdout
 
 
 def test_check_config_names_bad_key(tmp_path):

@@ -109,15 +109,25 @@ def test_paper_datasets_validate():
     assert paper["datasets"]["voc_aug"]["trainaug"] is True
     assert plan.eval_size("bdd100k") == (736, 1280) and plan.eval_size("cityscapes") == (1024, 2048)
 
-    # Snakemake merges the file over config.yaml: every study must use the paper's datasets only
-    from snakemake.utils import update_config
+    # given with --configfile, the file is the whole config: nothing of config.yaml leaks in
+    for study, st in paper["studies"].items():
+        assert set(st["datasets"]) <= set(paper["datasets"]), study
 
-    merged = yaml.safe_load((ROOT / "config.yaml").read_text())
-    update_config(merged, copy.deepcopy(paper))
-    for study, s in merged["studies"].items():
-        assert set(s["datasets"]) <= set(paper["datasets"]), study
-    assert merged["models"]["unet"]["params"] == {"width": 64}
-    assert set(merged["train"]) >= set(yaml.safe_load((ROOT / "config.yaml").read_text())["train"])
+
+def test_configfile_replaces_config_yaml(tmp_path):
+    """`snakemake --configfile paper.yaml` must not merge config.yaml's scaled-down widths in."""
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.run([str(bin_dir / "snakemake"), "-n", "-p", "--configfile", str(PAPER),
+                           "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"),
+                           "results/runs/voc_aug/deeplabv3/ce/s0/run.json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = [line for line in proc.stdout.splitlines() if "segbench train" in line]
+    assert train, proc.stdout[-3000:]
+    assert "width" not in train[0].split('"model"')[1].split("}")[0], train[0]  # deeplabv3 at full size
 
 
 def test_paper_matrix_when_models_and_losses_exist():
@@ -129,9 +139,15 @@ def test_paper_matrix_when_models_and_losses_exist():
         sorted({lo["type"] for lo in paper["losses"].values()} - set(losses()))
     if missing:
         pytest.skip(f"paper.yaml names architectures/losses not registered yet: {', '.join(missing)}")
-    from snakemake.utils import update_config
-
-    merged = yaml.safe_load((ROOT / "config.yaml").read_text())
-    update_config(merged, copy.deepcopy(paper))
-    plan = Plan(validate_config(merged))
-    assert len(plan.runs) == 16 and {r.dataset for r in plan.runs} == set(paper["datasets"]) - {"synthetic"}
+    plan = Plan(validate_config(paper))
+    # main matrices 2 + 2 + 4 + 4 + 3 + 1 = 16 runs; ablations: Table 1's 14 BAL settings and
+    # Table 2's 7 PAC variants; the cross study: 13 (model, loss) pairs on cityscapes, of
+    # which the frm study already has 3
+    main = {r for s in ("unet_segnet", "unet_segnet_classic", "gradnet", "pac_bal", "frm", "frm_bdd100k")
+            for r in plan.studies[s] if plan.groups[(s, r)] != ["bal_grid"] and plan.groups[(s, r)] != ["pac_variants"]}
+    assert len(main) == 16
+    assert sum(1 for r in plan.studies["pac_bal"] if "bal_grid" in plan.groups[("pac_bal", r)]) == 14
+    assert sum(1 for r in plan.studies["pac_bal"] if "pac_variants" in plan.groups[("pac_bal", r)]) == 7
+    assert len(plan.studies["cross_study"]) == 13
+    assert len(plan.runs) == 16 + 14 + 7 + 13 - 3
+    assert {r.dataset for r in plan.runs} == set(paper["datasets"])

@@ -106,3 +106,130 @@ def test_invalid_config_stops_before_any_job(tmp_path):
     err = proc.stdout + proc.stderr
     assert "models.unet.params" in err and "'widht'" in err
     assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------ studies as the papers' experiments
+@pytest.mark.slow
+def test_paper_tables_ablations_and_cross_study(workdir):
+    import pandas as pd
+
+    res = workdir / "results" / "studies"
+    # pac_bal: Table 3 over the main matrix, every (model, loss) a row; Table 1 (BAL grid)
+    # holds the ablation's run with its delta vs DeepLabV3 + CE
+    tables = {p.name for p in (res / "pac_bal" / "tables").glob("paper_*.csv")}
+    assert tables == {"paper_pac_bal_t3.csv", "paper_pac_bal_t1.csv"}, tables
+    t3 = pd.read_csv(res / "pac_bal" / "tables" / "paper_pac_bal_t3.csv")
+    assert list(t3["method"]) == ["DeepLabV3", "ResNet + PAC", "DeepLabV3 + BAL", "ResNet + PAC + BAL"]
+    assert list(t3["ours"]) == ["deeplabv3 / ce", "deeplabv3_pac / ce", "deeplabv3 / bal", "deeplabv3_pac / bal"]
+    assert list(t3["paper_mIoU"]) == [76.68, 76.97, 77.64, 77.93]
+    assert (t3["diff_mIoU"] - (t3["ours_mIoU_mean"] - t3["paper_mIoU"])).abs().max() < 1e-9
+    base = t3.loc[0, "ours_mIoU_mean"]
+    assert (t3["ours_delta"] - (t3["ours_mIoU_mean"] - base)).abs().max() < 1e-6
+    t1 = pd.read_csv(res / "pac_bal" / "tables" / "paper_pac_bal_t1.csv")
+    assert len(t1[t1["in_paper"]]) == 14  # every row of the paper's Table 1, in its order
+    ran = t1[t1["ours"].notna()].set_index("row")
+    assert list(ran.index) == ["lin-d4-s35-b0.5"]  # the ablation's one run (tiny_config.yaml)
+    assert ran.loc["lin-d4-s35-b0.5", "paper_delta"] == 0.68
+    # unet_segnet: the report's Figure 6 (augmentations) and Figure 8 (curves)
+    for name in ("augmentations.png", "curves.png"):
+        assert (res / "unet_segnet" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the cross study: every method once, Pareto flags, two Pareto figures
+    cross = pd.read_csv(res / "cross_study" / "tables" / "cross_study.csv")
+    assert len(cross) == 6 and cross["pareto_macs"].any() and cross["pareto_fps"].any(), cross
+    for name in ("pareto_macs.png", "pareto_fps.png"):
+        assert (res / "cross_study" / "figures" / name).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_mlflow_tags_and_study_runs(workdir):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/results/mlflow.db")
+    for study, n in (("pac_bal", 5), ("cross_study", 6), ("unet_segnet", 2)):
+        exp = client.get_experiment_by_name(f"segbench-{study}")
+        runs = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
+        assert len(runs) == n, study
+        for r in runs:
+            tags = r.data.tags
+            assert tags["study"] == study
+            assert tags["segbench.run_key"] == f"{tags['dataset']}/{tags['model']}/{tags['loss']}/s{tags['seed']}"
+        study_run = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'study'")
+        assert len(study_run) == 1
+        files = {f.path for d in ("tables", "figures") for f in client.list_artifacts(study_run[0].info.run_id, d)}
+        assert "tables/summary.csv" in files and "figures/curves.png" in files, files
+        if study == "cross_study":
+            assert "figures/pareto_macs.png" in files
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_snakemake_report_and_mlflow_compare_view_in_a_browser(workdir, tmp_path):
+    """Screenshots (kept in $SEGBENCH_SCREENSHOTS if set) of the Snakemake report and of the
+    MLflow compare view of a study, and the runs visible in both."""
+    from browser_support import CHROMIUM_ARGS, browser_path
+    from mlflow.tracking import MlflowClient
+
+    executable = browser_path()
+    from playwright.sync_api import sync_playwright
+
+    shots = Path(os.environ.get("SEGBENCH_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    report = tmp_path / "report.html"
+    snakemake(workdir, "--report", str(report))
+    assert report.stat().st_size > 100_000
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/results/mlflow.db")
+    exp = client.get_experiment_by_name("segbench-pac_bal")
+    runs = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
+    port = _free_port()
+    state = tmp_path / "mlflow-server"
+    server = ["bash", str(ROOT / "scripts" / "mlflow_server.sh")]
+    start = subprocess.run(server + ["start", "--port", str(port), "--state-dir", str(state),
+                                     "--backend", f"sqlite:///{workdir}/results/mlflow.db",
+                                     "--artifacts", str(workdir / "results" / "mlartifacts")],
+                           capture_output=True, text=True, timeout=300, cwd=workdir)
+    assert start.returncode == 0, start.stderr
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                # the Snakemake report: the studies are categories; the pac_bal study lists its tables
+                page.goto(report.as_uri())
+                page.wait_for_selector("text=Study pac_bal", timeout=60_000)
+                page.screenshot(path=str(shots / "snakemake_report.png"))
+                page.click("text=Study pac_bal")
+                page.click("text=tables")
+                row = page.locator("tr", has_text="paper_pac_bal_t3.html")
+                row.locator("a[iconname=eye]").click()  # the table opens in the report's viewer
+                frame = page.frame_locator("iframe").first
+                frame.locator("text=ResNet + PAC + BAL").wait_for(timeout=30_000)
+                page.screenshot(path=str(shots / "snakemake_report_pac_bal.png"))
+                table = frame.locator("table").inner_text()
+                for run in ("deeplabv3 / ce", "deeplabv3_pac / ce", "deeplabv3 / bal", "deeplabv3_pac / bal"):
+                    assert run in table
+                assert "76.68" in table and "77.93" in table
+
+                # MLflow: the compare view of the study's runs
+                ids = json.dumps([r.info.run_id for r in runs])
+                url = f"http://127.0.0.1:{port}/#/compare-runs?runs={ids}&experiments={json.dumps([exp.experiment_id])}"
+                page.goto(url)
+                for r in runs:
+                    page.wait_for_selector(f"text={r.data.tags['segbench.run_key']}", timeout=60_000)
+                page.screenshot(path=str(shots / "mlflow_compare_pac_bal.png"), full_page=True)
+                page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs")
+                page.wait_for_selector(f"text={runs[0].data.tags['segbench.run_key']}", timeout=60_000)
+                page.screenshot(path=str(shots / "mlflow_runs_pac_bal.png"))
+            finally:
+                browser.close()
+    finally:
+        subprocess.run(server + ["stop", "--state-dir", str(state)], capture_output=True, text=True, timeout=60)
+    for name in ("snakemake_report.png", "snakemake_report_pac_bal.png", "mlflow_compare_pac_bal.png"):
+        assert (shots / name).stat().st_size > 20_000, name

@@ -266,18 +266,7 @@ def test_uploads_leave_no_files(server, run_dir, val_image):
 
 
 # ------------------------------------------------------------------ the page, in headless Chromium
-def _browser() -> str:
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "install_browser.sh")], capture_output=True, text=True,
-                          timeout=600)
-    if proc.returncode == 3:  # not root or no apt-get: the only reasons to skip
-        print(f"SKIPPED browser test: {proc.stderr.strip()}")
-        pytest.skip(f"no headless Chromium: {proc.stderr.strip()}")
-    assert proc.returncode == 0, f"scripts/install_browser.sh failed:\n{proc.stderr}"
-    return proc.stdout.strip().splitlines()[-1]
-
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from browser_support import CHROMIUM_ARGS, browser_path as _browser  # noqa: E402
 
 
 def test_page_in_headless_chromium(server, val_image, reference, tmp_path):

@@ -255,9 +255,10 @@ def cmd_sync(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from segbench.report.figures import build_study_report
+    from segbench.report.study import build_report
 
-    paths = build_study_report(a.study, a.runs, a.out)
+    spec = a.study_spec or {"name": a.study, "paper": None, "cross": False, "ablations": {}}
+    paths = build_report(spec, a.runs, a.out, augment_data=a.augment_data)
     print(f"study {a.study}: wrote {len(paths)} files under {a.out}")
     return 0
 
@@ -441,6 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("study")
     sp.add_argument("--runs", type=_json_arg, required=True, help="the study's runs as JSON or @file")
     sp.add_argument("--out", required=True)
+    sp.add_argument("--study-spec", type=_json_arg, default=None,
+                    help="the study's paper and ablations as JSON or @file (Plan.study_spec); "
+                         "default: summary tables and figures only")
+    sp.add_argument("--augment-data", default=None,
+                    help="a prepared dataset whose first val image the augmentation figure shows")
 
     sp = add("serve", cmd_serve, "a web app (page + JSON/PNG endpoints) that segments uploaded images with a run")
     sp.add_argument("run_dir", nargs="?", help="a run directory (run.json + model.pt)")
@@ -474,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         return args.func(args)
-    except known as e:
+    except Exception as e:
+        # a NaN/inf loss (engine.train, imported only by the steps that train: no torch here)
+        train = sys.modules.get("segbench.engine.train")
+        if not (isinstance(e, known) or (train is not None and isinstance(e, train.NonFiniteLoss))):
+            raise
         print(f"segbench {args.command}: error: {e}", file=sys.stderr)
         return 2

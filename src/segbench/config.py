@@ -98,6 +98,23 @@ def _describe(error, schema_root: dict, locate: Callable[[tuple], tuple] | None 
         want = error.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
         return [f"config key '{where}': expected {want}, got {error.instance!r}"]
+    if v in ("minItems", "minProperties") and len(error.instance) == 0:
+        kind = path[-1] if path else ""
+        if kind in ("datasets", "models", "losses"):
+            what = f"name at least one entry defined under '{kind}'"
+        elif kind == "studies":
+            what = "define at least one study (a matrix of datasets, models and losses)"
+        else:
+            what = "give at least one entry, or remove the key to take the default"
+        return [f"config key '{where}': is empty; {what}"]
+    if v == "uniqueItems" and isinstance(error.instance, list):
+        seen, twice = set(), []
+        for item in error.instance:
+            key = repr(item)
+            if key in seen and key not in twice:
+                twice.append(key)
+            seen.add(key)
+        return [f"config key '{where}': {', '.join(twice)} listed twice; remove the repeat"]
     if v == "propertyNames":
         return [f"config key '{where}': name {error.instance!r} must match {schema.get('pattern')} (letters, digits, _ . -)"]
     return [f"config key '{where}': {error.message}"]
@@ -315,20 +332,89 @@ def arch_has_embeddings(arch: str) -> bool:
 def _check_embeddings(cfg: dict) -> list[str]:
     from segbench.losses import NEEDS_EMBEDDINGS
 
+    matrices = [(f"studies.{study}.losses", spec["models"], spec["losses"]) for study, spec in cfg["studies"].items()]
+    matrices += [(f"studies.{study}.ablations.{name}.losses", abl["models"], abl["losses"])
+                 for study, spec in cfg["studies"].items() for name, abl in spec["ablations"].items()]
+    if cfg["cross_study"].get("methods"):
+        matrices += [(f"cross_study.methods[{i}]", [m], [l]) for i, (m, l) in enumerate(cross_methods(cfg))]
     problems = []
-    for study, spec in cfg["studies"].items():
-        for loss in spec["losses"]:
+    for where, models, losses in matrices:
+        for loss in losses:
             kind = cfg["losses"][loss]["type"]
             if kind not in NEEDS_EMBEDDINGS:
                 continue
-            lacking = [m for m in spec["models"] if not arch_has_embeddings(cfg["models"][m]["arch"])]
+            lacking = [m for m in models if not arch_has_embeddings(cfg["models"][m]["arch"])]
             if lacking:
                 problems.append(
-                    f"config key 'studies.{study}.losses': loss '{loss}' ({kind}) needs pixel embeddings, "
+                    f"config key '{where}': loss '{loss}' ({kind}) needs pixel embeddings, "
                     f"but model{'s' if len(lacking) > 1 else ''} "
                     f"{', '.join(repr(m) + ' (' + cfg['models'][m]['arch'] + ')' for m in lacking)} "
                     f"ha{'ve' if len(lacking) > 1 else 's'} no embedding head; architectures with one: "
                     f"{', '.join(p + '*' for p in EMBEDDING_ARCH_PREFIXES)}. Put this loss in a study of such models")
+    return problems
+
+
+#: the papers whose tables a study can reproduce (a study named like one defaults to it)
+PAPERS = ("gradnet", "pac_bal", "frm", "unet_segnet")
+#: the pseudo-study holding the cross-study runs (``cross_study`` in the config)
+CROSS_STUDY = "cross_study"
+
+
+def _resolve_names(cfg: dict, kind: str, names: list[str], where: str, problems: list[str]) -> list[str]:
+    """Names of a matrix axis with glob patterns expanded (definition order, no repeats);
+    an unknown name or a pattern matching nothing is a problem naming its key."""
+    defined = list(cfg[kind])
+    out: list[str] = []
+    for i, name in enumerate(names):
+        if _is_pattern(name):
+            matched = [n for n in defined if fnmatch.fnmatchcase(n, name)]
+            if not matched:
+                problems.append(f"config key '{where}.{kind}[{i}]': pattern '{name}' matches no entry under "
+                                f"'{kind}'; defined: {', '.join(defined)}")
+            out += [n for n in matched if n not in out]
+        elif name not in cfg[kind]:
+            problems.append(f"config key '{where}.{kind}[{i}]': '{name}' is not defined under "
+                            f"'{kind}'{_suggest(name, defined)}; allowed values: {', '.join(defined)}")
+        elif name not in out:
+            out.append(name)
+    return out
+
+
+def study_matrices(cfg: dict) -> list[tuple[str, str, dict]]:
+    """(study, group, matrix) of every enabled matrix: each study's own ("main") and its
+    enabled ablations (none when the top-level ``ablations`` is false)."""
+    out = []
+    for study, spec in cfg["studies"].items():
+        out.append((study, "main", spec))
+        if cfg.get("ablations", True):
+            out += [(study, name, abl) for name, abl in spec.get("ablations", {}).items() if abl.get("enabled", True)]
+    return out
+
+
+def cross_methods(cfg: dict) -> list[tuple[str, str]]:
+    """(model, loss) pairs of the cross study: ``cross_study.methods`` or every pair of the
+    studies' main matrices, in order of appearance."""
+    cross = cfg.get("cross_study") or {}
+    if cross.get("methods"):
+        return [tuple(m.split("/", 1)) for m in cross["methods"]]
+    pairs: dict[tuple[str, str], None] = {}
+    for spec in cfg["studies"].values():
+        for model in spec["models"]:
+            for loss in spec["losses"]:
+                pairs.setdefault((model, loss), None)
+    return list(pairs)
+
+
+def _cross_study_problems(cfg: dict) -> list[str]:
+    cross = cfg["cross_study"]
+    problems: list[str] = []
+    cross["datasets"] = _resolve_names(cfg, "datasets", cross["datasets"], "cross_study", problems)
+    for i, method in enumerate(cross.get("methods") or []):
+        model, loss = method.split("/", 1)
+        for kind, name in (("models", model), ("losses", loss)):
+            if name not in cfg[kind]:
+                problems.append(f"config key 'cross_study.methods[{i}]': {kind[:-1]} '{name}' of '{method}' is "
+                                f"not defined under '{kind}'{_suggest(name, list(cfg[kind]))}")
     return problems
 
 
@@ -364,26 +450,22 @@ def validate_config(config: dict, schema_path: str | Path | None = None) -> dict
     cfg.pop("grids", None)
     _fill_defaults(cfg, schema, schema)
 
+    if CROSS_STUDY in cfg["studies"]:
+        problems.append(f"config key 'studies.{CROSS_STUDY}': the name is reserved for the cross study "
+                        "(configured under `cross_study`); rename the study")
     for study, spec in cfg["studies"].items():
+        where = f"studies.{study}"
         for kind in ("datasets", "models", "losses"):
-            defined = list(cfg[kind])
-            names: list[str] = []
-            for i, name in enumerate(spec[kind]):
-                if _is_pattern(name):
-                    matched = [n for n in defined if fnmatch.fnmatchcase(n, name)]
-                    if not matched:
-                        problems.append(
-                            f"config key 'studies.{study}.{kind}[{i}]': pattern '{name}' matches no entry under "
-                            f"'{kind}'; defined: {', '.join(defined)}")
-                    names += [n for n in matched if n not in names]
-                elif name not in cfg[kind]:
-                    problems.append(
-                        f"config key 'studies.{study}.{kind}[{i}]': '{name}' is not defined under "
-                        f"'{kind}'{_suggest(name, defined)}; allowed values: {', '.join(defined)}"
-                    )
-                elif name not in names:
-                    names.append(name)
-            spec[kind] = names
+            spec[kind] = _resolve_names(cfg, kind, spec[kind], where, problems)
+        if spec.get("paper") is None:
+            spec["paper"] = study if study in PAPERS else None
+        for name, abl in spec["ablations"].items():
+            at = f"{where}.ablations.{name}"
+            abl.setdefault("datasets", list(spec["datasets"]))
+            abl.setdefault("seeds", list(spec["seeds"]))
+            for kind in ("datasets", "models", "losses"):
+                abl[kind] = _resolve_names(cfg, kind, abl[kind], at, problems)
+    problems += _cross_study_problems(cfg)
     if not problems:
         problems += _check_embeddings(cfg)
     for name, ds in cfg["datasets"].items():
@@ -433,16 +515,42 @@ def _format(problems: list[str]) -> str:
     return "\n".join([head, *("  - " + p for p in problems)])
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the schema check reports it
+                continue
+            if first is not None:
+                raise ConfigError(f"duplicate key {key!r} on line {key_node.start_mark.line + 1} (first on line "
+                                  f"{first}): YAML would keep only the last; remove or rename one of them")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file, refusing duplicate keys; errors name the file."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
 def load_config(path: str | Path) -> dict:
     """Read a YAML config file and validate it; errors name the file."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(path)
     try:
         return validate_config(raw or {})
     except ConfigError as e:

@@ -54,17 +54,68 @@ def spec_hash(spec: dict) -> str:
 
 
 class Plan:
+    """The runs of a validated config, by study.
+
+    ``studies[study]`` lists a study's runs: its main matrix, then its enabled ablation grids
+    (``groups[(study, run)]`` says which: "main" and/or ablation names). When the config's
+    ``cross_study`` is enabled with datasets, the pseudo-study ``cross_study`` holds every
+    method (model, loss) on those datasets.
+    """
+
     def __init__(self, cfg: dict):
+        from segbench.config import CROSS_STUDY, cross_methods, study_matrices
+
         self.cfg = cfg
         self.studies: dict[str, list[Run]] = {}
+        self.groups: dict[tuple[str, Run], list[str]] = {}
         seen: dict[Run, None] = {}
-        for study, s in cfg["studies"].items():
-            runs = [Run(d, m, l, int(seed)) for d, m, l, seed in
-                    product(s["datasets"], s["models"], s["losses"], s["seeds"])]
-            self.studies[study] = runs
+
+        def add(study: str, group: str, runs) -> None:
+            members = self.studies.setdefault(study, [])
             for r in runs:
+                if r not in members:
+                    members.append(r)
+                groups = self.groups.setdefault((study, r), [])
+                if group not in groups:
+                    groups.append(group)
                 seen.setdefault(r, None)
+
+        for study, group, m in study_matrices(cfg):
+            add(study, group, (Run(d, mo, lo, int(seed)) for d, mo, lo, seed in
+                               product(m["datasets"], m["models"], m["losses"], m["seeds"])))
+        cross = cfg.get("cross_study") or {}
+        if cross.get("enabled", True) and cross.get("datasets"):
+            add(CROSS_STUDY, "main", (Run(d, mo, lo, int(seed)) for d, (mo, lo), seed in
+                                      product(cross["datasets"], cross_methods(cfg), cross["seeds"])))
         self.runs: list[Run] = list(seen)
+
+    def study_spec(self, study: str) -> dict:
+        """What the report needs to know of a study: its paper and its ablations' tables."""
+        from segbench.config import CROSS_STUDY
+
+        if study == CROSS_STUDY:
+            return {"name": study, "paper": None, "cross": True, "ablations": {},
+                    "description": "every method of the studies on the same data under the same protocol"}
+        spec = self.cfg["studies"][study]
+        ablations = {name: {"table": a["table"], "description": a.get("description", "")}
+                     for name, a in spec.get("ablations", {}).items()
+                     if self.cfg.get("ablations", True) and a.get("enabled", True)}
+        return {"name": study, "paper": spec.get("paper"), "cross": False,
+                "description": spec.get("description", ""), "ablations": ablations}
+
+    def report_run(self, study: str, run: Run) -> dict:
+        """One run as the report rule hands it to `segbench report`."""
+        m = self.cfg["models"][run.model]
+        ds = self.dataset(run.dataset)
+        return {
+            "run_key": run.key, "dataset": run.dataset, "model": run.model, "loss": run.loss,
+            "seed": run.seed, "run_dir": run.dir, "profile": self.profile_path(run),
+            "groups": list(self.groups[(study, run)]),
+            "studies": self.studies_of(run),
+            "model_spec": {k: copy.deepcopy(v) for k, v in m.items() if k in ("arch", "params", "paper_row")},
+            "loss_spec": copy.deepcopy(self.cfg["losses"][run.loss]),
+            "dataset_spec": {k: copy.deepcopy(v) for k, v in ds.items() if k in ("source", "labels", "generate")},
+        }
 
     # -- datasets -------------------------------------------------------------------
     def dataset(self, name: str) -> dict:
@@ -99,7 +150,9 @@ class Plan:
             "run_key": run.key,
             "dataset": {"name": run.dataset, **dataset, "num_classes": self.num_classes(run.dataset)},
             "model": {"name": run.model, "arch": m["arch"], "params": copy.deepcopy(m.get("params") or {})},
-            "loss": {"name": run.loss, **copy.deepcopy(self.cfg["losses"][run.loss])},
+            # paper_row only says which row of a paper table the entry stands for
+            "loss": {"name": run.loss, **{k: copy.deepcopy(v) for k, v in self.cfg["losses"][run.loss].items()
+                                          if k != "paper_row"}},
             "seed": run.seed,
             "train": self.train_spec(run.dataset, run.model),
             "eval": copy.deepcopy(self.cfg["eval"]),

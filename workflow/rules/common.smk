@@ -14,10 +14,12 @@ if SRC not in sys.path:
 # jobs run `python -m segbench` from this checkout, whatever environment executes them
 shell.prefix(f"export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}} NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg; ")
 
-from segbench.config import ConfigError, validate_config
+from segbench.config import ConfigError, read_yaml, validate_config
 from segbench.plan import Plan, Run
 
 try:
+    for _f in workflow.configfiles:  # Snakemake's YAML reader keeps the last of duplicate keys
+        read_yaml(_f)
     CFG = validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
@@ -50,7 +52,11 @@ def study_runs(study):
 
 
 def all_outputs():
-    out = [f"results/studies/{s}/tables/summary.md" for s in PLAN.studies]
+    from segbench.report.outputs import study_outputs
+
+    # every file of every study's report (a file deleted by hand is made again)
+    out = [f"results/studies/{s}/{rel}" for s in PLAN.studies
+           for rel in study_outputs(PLAN.study_spec(s), report_runs(s))]
     if MLFLOW:
         out += [f"results/mlflow/studies/{s}.json" for s in PLAN.studies]
     return out
@@ -153,17 +159,17 @@ def _prepare_options(w):
     return " ".join(opts)
 
 
-def _report_runs(w):
-    return [
-        {"run_key": r.key, "dataset": r.dataset, "model": r.model, "loss": r.loss, "seed": r.seed,
-         "run_dir": r.dir, "profile": PLAN.profile_path(r)}
-        for r in study_runs(w.study)
-    ]
+def report_runs(study):
+    """The study's runs as `segbench report --runs` takes them (keys, paths, groups, specs)."""
+    return [PLAN.report_run(study, r) for r in study_runs(study)]
 
 
-def _report_inputs(w):
-    files = []
-    for r in study_runs(w.study):
-        files += [f"{r.dir}/{f}" for f in ("run.json", "history.csv", "metrics.json", "samples.npz")]
-        files.append(PLAN.profile_path(r))
-    return files
+def rule_safe(name):
+    return re.sub(r"\W", "_", name)
+
+
+def augment_dataset(study):
+    """The dataset whose first validation image the augmentation figure shows (U-Net vs
+    SegNet report, Figure 6), or None for a study that has no such figure."""
+    spec = PLAN.study_spec(study)
+    return PLAN.studies[study][0].dataset if spec["paper"] == "unet_segnet" and PLAN.studies[study] else None

@@ -1,26 +1,66 @@
-# Per-study tables and figures from the runs' files.
+# Per-study tables and figures from the runs' files: one rule per study (report_<study>),
+# because each study declares its own files (one per dataset, the paper's tables, the
+# cross study's Pareto figures). Every file flagged report() appears in
+# `snakemake --report report.html`, with its caption from workflow/report/.
+from segbench.report.outputs import study_output_kind, study_outputs
+
+REPORT_CAPTIONS = "../report"  # relative to this file: workflow/report/
 
 
-rule report:
-    input:
-        _report_inputs,
-    output:
-        csv="results/studies/{study}/tables/summary.csv",
-        md="results/studies/{study}/tables/summary.md",
-        curves="results/studies/{study}/figures/curves.png",
-        speed="results/studies/{study}/figures/speed_accuracy.png",
-    params:
-        runs=lambda w: json.dumps(_report_runs(w)),
-        out=lambda w, output: os.path.dirname(os.path.dirname(output.md)),
-    log:
-        "results/logs/report/{study}.log",
-    benchmark:
-        "results/benchmarks/report/{study}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        ENV
-    shell:
-        "python -m segbench report {wildcards.study} --runs {params.runs:q} --out {params.out} > {log} 2>&1"
+def _caption(kind):
+    return f"{REPORT_CAPTIONS}/{kind}.rst"
+
+
+def _report_flag(study, rel):
+    """The declared output for `rel` (relative to the study's folder), with its caption."""
+    path = f"results/studies/{study}/{rel}"
+    kind = study_output_kind(rel)
+    if kind is None:
+        return path
+    return report(path, caption=_caption(kind), category=f"Study {study}",
+                  subcategory="tables" if rel.startswith("tables/") else "figures",
+                  labels={"study": study, "file": os.path.basename(rel)})
+
+
+def _report_rule_inputs(study):
+    def inputs(w):
+        files = []
+        for r in study_runs(study):
+            files += [f"{r.dir}/{f}" for f in ("run.json", "history.csv", "metrics.json", "samples.npz")]
+            files.append(PLAN.profile_path(r))
+        aug = augment_dataset(study)
+        if aug:
+            files.append(f"results/data/{aug}/manifest.csv")
+        return sorted(set(files))
+
+    return inputs
+
+
+for _study in PLAN.studies:
+
+    rule:
+        name:
+            f"report_{rule_safe(_study)}"
+        input:
+            _report_rule_inputs(_study),
+        output:
+            [_report_flag(_study, rel) for rel in study_outputs(PLAN.study_spec(_study), report_runs(_study))],
+        params:
+            study=_study,
+            spec=json.dumps(PLAN.study_spec(_study)),
+            runs=json.dumps(report_runs(_study)),
+            out=f"results/studies/{_study}",
+            augment=(f"--augment-data results/data/{augment_dataset(_study)}" if augment_dataset(_study) else ""),
+        log:
+            f"results/logs/report/{_study}.log",
+        benchmark:
+            f"results/benchmarks/report/{_study}.tsv"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=10,
+        conda:
+            ENV
+        shell:
+            "python -m segbench report {params.study} --study-spec {params.spec:q} --runs {params.runs:q} "
+            "--out {params.out} {params.augment} > {log} 2>&1"

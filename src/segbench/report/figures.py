@@ -23,6 +23,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from segbench.io import atomic_path
+from segbench.report.outputs import expected_outputs  # noqa: F401 (re-exported)
 from segbench.report.tables import (
     RunLike,
     as_run,
@@ -479,17 +480,6 @@ def qualitative_grid(
 
 
 # --------------------------------------------------------------------------- study
-
-
-def expected_outputs(datasets: Sequence[str]) -> list[str]:
-    """Paths, relative to a study's folder, that ``build_study_report`` writes."""
-    datasets = list(dict.fromkeys(datasets))
-    out = ["tables/summary.csv", "tables/summary.md", "figures/curves.png",
-           "figures/speed_accuracy.png"]
-    suffixes = [""] if len(datasets) <= 1 else [f"_{d}" for d in datasets]
-    out += [f"figures/per_class_iou{s}.png" for s in suffixes]
-    out += [f"figures/qualitative{s}.png" for s in suffixes]
-    return out
 
 
 def build_study_report(study: str, runs: Iterable[RunLike], out_dir: str | os.PathLike) -> list[Path]:

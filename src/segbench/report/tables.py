@@ -149,8 +149,11 @@ def collect_runs(runs: Iterable[RunLike]) -> pd.DataFrame:
     report rule's ``--runs``). Columns: dataset, model, loss, seed, mIoU, aAcc, mAcc, mDice,
     params, MACs, fps, MB, run_key, run_dir, then context: epochs (rows of history.csv),
     train_seconds, eval_size and profile_size ("HxW"), device, threads (of the profile),
-    train_device (of run.json). A missing file raises FileNotFoundError naming the file,
-    the run key and the step that writes it.
+    train_device (of run.json); and, as objects, groups (the run's ``groups``: "main"
+    and/or the study's ablation names; ["main"] when not given), model_spec, loss_spec,
+    dataset_spec (as given, else the ones resolved in run.json's config, else None) and
+    train (the training protocol of run.json: epochs, crop, batch_size, ...). A missing
+    file raises FileNotFoundError naming the file, the run key and the step that writes it.
     """
     rows = []
     for spec in runs:
@@ -185,11 +188,36 @@ def collect_runs(runs: Iterable[RunLike]) -> pd.DataFrame:
             device=prof.get("device"),
             threads=prof.get("threads"),
             train_device=info.get("device"),
+            groups=list(run.get("groups") or ["main"]),
+            model_spec=_spec(run, info, "model"),
+            loss_spec=_spec(run, info, "loss"),
+            dataset_spec=_spec(run, info, "dataset"),
+            train=_train_protocol(info),
         )
         rows.append(row)
     if not rows:
         raise ValueError("no runs to report")
     return pd.DataFrame(rows)
+
+
+def _spec(run: Mapping[str, Any], info: Mapping[str, Any], kind: str) -> dict | None:
+    """The run's ``{kind}_spec`` as given, else the one resolved into run.json's config
+    (without its ``name``), else None."""
+    given = run.get(f"{kind}_spec")
+    if given is not None:
+        return dict(given)
+    resolved = (info.get("config") or {}).get(kind)
+    if isinstance(resolved, Mapping):
+        return {k: v for k, v in resolved.items() if k != "name"}
+    return None
+
+
+def _train_protocol(info: Mapping[str, Any]) -> dict:
+    """The training protocol of run.json: its ``train`` key, else ``config.train``."""
+    train = info.get("train")
+    if not isinstance(train, Mapping):
+        train = (info.get("config") or {}).get("train")
+    return dict(train) if isinstance(train, Mapping) else {}
 
 
 def _float(v: Any) -> float:

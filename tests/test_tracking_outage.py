@@ -98,6 +98,69 @@ def test_sync_logs_run_dirs_without_a_config(tmp_path):
     assert len(runs) == 1 and runs[0].data.metrics["final_mIoU"] == 0.25
 
 
+def _assert_complete_history(client, run_id, history_csv):
+    """Every history.csv column is an MLflow metric with one point per epoch: no gap, no duplicate."""
+    import csv
+
+    with open(history_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(r["epoch"]) for r in rows]
+    for col in rows[0]:
+        if col in tracking.HISTORY_INDEX_COLUMNS or not any(tracking._to_float(r[col]) is not None for r in rows):
+            continue
+        points = client.get_metric_history(run_id, tracking._key(col))
+        want = [int(r["epoch"]) for r in rows if tracking._to_float(r[col]) is not None]
+        assert sorted(m.step for m in points) == want, (col, [m.step for m in points], epochs)
+        by_step = {m.step: m.value for m in points}
+        assert all(by_step[int(r["epoch"])] == float(r[col]) for r in rows if r[col] != ""), col
+
+
+def test_store_dying_in_the_middle_of_logging_a_run_is_completed_by_sync(tmp_path, monkeypatch):
+    """The store goes away after half of a run's metrics were written: the track step fails
+    with the resync hint and the files stay intact; the next sync completes the same MLflow
+    run, with every epoch of every metric exactly once."""
+    from mlflow import MlflowClient
+
+    run = make_run_dir(tmp_path)
+    (run / "history.csv").write_text(
+        "epoch,train_loss,val_mIoU,lr,skipped_batches,epoch_seconds,time\n"
+        "1,0.9,0.1,0.01,0,1.0,1760000000\n2,0.8,0.15,0.005,0,1.0,1760000001\n3,0.7,0.2,0.001,0,1.0,1760000002\n")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    uri = f"sqlite:///{tmp_path}/results/mlflow.db"
+    tracking.init_store(uri, ["main"], tmp_path / "results" / "mlartifacts")
+
+    real = tracking._log_batch
+
+    def half_then_down(client, run_id, metrics=(), params=(), tags=()):
+        metrics = list(metrics)
+        real(client, run_id, metrics=metrics[: len(metrics) // 2], params=params, tags=tags)
+        raise ConnectionError("Connection refused: the tracking server stopped")
+
+    monkeypatch.setattr(tracking, "_log_batch", half_then_down)
+    with pytest.raises(tracking.TrackingError) as err:
+        tracking.log_run(run, studies=["main"], tracking_uri=uri)
+    assert "segbench sync" in str(err.value)
+    monkeypatch.setattr(tracking, "_log_batch", real)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("segbench-main")
+    (partial,) = client.search_runs([exp.experiment_id])
+    assert partial.info.status == "RUNNING"  # half logged, never terminated
+    assert len(client.get_metric_history(partial.info.run_id, "train_loss")) < 3 or \
+        len(client.get_metric_history(partial.info.run_id, "lr")) < 3
+
+    for _ in range(2):  # the second sync changes nothing
+        tracking.sync(tmp_path / "results", tracking_uri=uri, plan_studies={"synthetic/unet/ce/s0": ["main"]},
+                      log=lambda *a: None)
+    (done,) = client.search_runs([exp.experiment_id])
+    assert done.info.run_id == partial.info.run_id and done.info.status == "FINISHED"
+    _assert_complete_history(client, done.info.run_id, run / "history.csv")
+    assert done.data.metrics["final_mIoU"] == 0.25
+    assert {f.path for f in client.list_artifacts(done.info.run_id)} >= {"metrics.json", "history.csv", "run.json"}
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 # ---------------------------------------------------------------- the pipeline, end to end
 
 TINY = {
@@ -105,7 +168,7 @@ TINY = {
                                "generate": {"seed": 1, "train": 4, "val": 2, "height": 64, "width": 128}}},
     "models": {"unet": {"arch": "unet", "params": {"width": 4}}},
     "losses": {"ce": {"type": "ce"}},
-    "train": {"epochs": 1, "batch_size": 2, "crop": [64, 128], "workers": 0, "threads": 1},
+    "train": {"epochs": 2, "batch_size": 2, "crop": [64, 128], "workers": 0, "threads": 1},
     "eval": {"batch_size": 2, "samples": 1},
     "profile": {"warmup": 1, "iterations": 1},
     # a sqlite store under a path we can break: `store` as a file makes it unreachable
@@ -137,6 +200,26 @@ def pending_rules(wd):
     return {line.split()[0] for line in table.group(1).splitlines()} - {"all"}
 
 
+def report_files(wd):
+    """Every table and figure the study's report step declares, relative to wd."""
+    from segbench.config import validate_config
+    from segbench.plan import Plan
+    from segbench.report.outputs import study_outputs
+
+    plan = Plan(validate_config(json.loads(json.dumps(TINY))))
+    rels = study_outputs(plan.study_spec("only"), [plan.report_run("only", r) for r in plan.studies["only"]])
+    assert any(r.endswith(".png") for r in rels) and any(r.endswith(".csv") for r in rels), rels
+    return [wd / "results/studies/only" / r for r in rels]
+
+
+RUN_FILES = ("model.pt", "history.csv", "run.json", "metrics.json", "confusion.npy", "samples.npz", "ckpt/last.pt")
+
+
+def run_files(wd):
+    run = wd / "results/runs/synthetic/unet/ce/s0"
+    return {name: (run / name).read_bytes() for name in RUN_FILES}
+
+
 def block(wd):
     if (wd / "store").is_dir():
         shutil.move(wd / "store", wd / "store.ok")
@@ -160,8 +243,8 @@ def test_pipeline_survives_an_outage_and_catches_up(tmp_path):
     # the store is broken: every job succeeds, the track steps say "skipped", the report is made
     out = snakemake(wd)
     assert statuses(wd) == ["skipped"] * 3
-    assert "was skipped for 3 track step(s)" in out
-    assert (wd / "results/studies/only/tables/summary.csv").exists()
+    assert "was skipped for 3 track step(s)" in out and "`segbench sync`" in out
+    assert all(p.stat().st_size > 0 for p in report_files(wd))
     assert json.loads((wd / RECORDS[1]).read_text())["studies"] == ["only"]
     # a later snakemake would redo exactly the track steps
     assert pending_rules(wd) == {"mlflow_init", "track_run", "track_study"}
@@ -174,7 +257,8 @@ def test_pipeline_survives_an_outage_and_catches_up(tmp_path):
     assert pending_rules(wd) == set()
     client = MlflowClient(f"sqlite:///{wd}/store/mlflow.db")
     exp = client.get_experiment_by_name("segbench-only")
-    assert len(client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")) == 1
+    (run,) = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
+    _assert_complete_history(client, run.info.run_id, wd / "results/runs/synthetic/unet/ce/s0/history.csv")
 
     # another outage, this time completed by snakemake itself
     block(wd)
@@ -186,3 +270,42 @@ def test_pipeline_survives_an_outage_and_catches_up(tmp_path):
     assert pending_rules(wd) == set()
     runs = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
     assert len(runs) == 1  # re-logging never duplicates a run
+
+
+@pytest.mark.slow
+def test_store_stopping_in_the_middle_of_the_pipeline(tmp_path):
+    """MLflow is up when the pipeline starts (its experiments are created) and down by the
+    time the run is tracked: training completes, the files are intact, every table and
+    figure is made, the log says how to sync, and `segbench sync` fills MLflow with the
+    complete history (no gaps, no duplicates)."""
+    from mlflow import MlflowClient
+
+    wd = tmp_path
+    (wd / "config.yaml").write_text(yaml.safe_dump(TINY))
+    (wd / "store").mkdir()
+    snakemake(wd, "results/mlflow/init.json")
+    assert json.loads((wd / RECORDS[0]).read_text())["status"] == "logged"
+
+    block(wd)
+    out = snakemake(wd)
+    assert statuses(wd) == ["logged", "skipped", "skipped"]
+    assert "was skipped for 2 track step(s)" in out and "`segbench sync`" in out
+    log = (wd / "results/logs/mlflow/runs/synthetic/unet/ce/s0.log").read_text()
+    assert "MLflow skipped" in log and "segbench sync" in log, log
+    files = run_files(wd)
+    assert len((wd / "results/runs/synthetic/unet/ce/s0/history.csv").read_text().splitlines()) == 1 + 2
+    assert all(p.stat().st_size > 0 for p in report_files(wd))
+
+    unblock(wd)
+    for _ in range(2):  # a second sync adds nothing
+        proc = segbench("sync", cwd=wd)
+        assert proc.returncode == 0, proc.stderr
+    assert statuses(wd) == ["logged"] * 3 and pending_rules(wd) == set()
+    assert run_files(wd) == files
+    client = MlflowClient(f"sqlite:///{wd}/store/mlflow.db")
+    exp = client.get_experiment_by_name("segbench-only")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
+    assert run.info.status == "FINISHED" and "final_mIoU" in run.data.metrics
+    _assert_complete_history(client, run.info.run_id, wd / "results/runs/synthetic/unet/ce/s0/history.csv")
+    (study,) = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'study'")
+    assert "tables/summary.csv" in {f.path for f in client.list_artifacts(study.info.run_id, "tables")}

@@ -40,16 +40,19 @@ def test_same_spec_same_metrics(data_dir, tmp_path):
     assert record["run_key"] == "tiny/unet/ce/s0" and record["num_classes"] == 19
 
 
-def test_killed_run_resumes_from_checkpoint(data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_killed_run_resumes_from_checkpoint(data_dir, tmp_path, monkeypatch, workers):
+    """Bit for bit, also with DataLoader worker processes (the default config has one)."""
     import segbench.engine.train as train_mod
 
     spec = spec_for()
+    spec["train"]["workers"] = workers
     train_mod.train_run(spec, data_dir, tmp_path / "full", threads=1, progress=False)
 
     real_save = train_mod._save_checkpoint
 
-    def save_then_die(path, state):
-        real_save(path, state)
+    def save_then_die(path, state, *args):
+        real_save(path, state, *args)
         raise KeyboardInterrupt("simulated kill after the first checkpoint")
 
     monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
@@ -60,8 +63,11 @@ def test_killed_run_resumes_from_checkpoint(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
 
     record = train_mod.train_run(spec, data_dir, tmp_path / "killed", threads=1, progress=False)
-    assert record["resumed_from_epoch"] == 1
+    assert record["resumed_from_epoch"] == 1 and record["workers"] == workers
     assert history(tmp_path / "killed" / "history.csv") == history(tmp_path / "full" / "history.csv")
+    wa = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    wb = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_checkpoint_of_another_config_is_ignored(data_dir, tmp_path):
@@ -103,3 +109,171 @@ def test_val_images_of_different_sizes_are_padded_and_never_scored():
     assert (labels[0, :40, :70] == 0).all() and (labels[0, 40:, :] == 255).all() and (labels[0, :, 70:] == 255).all()
     assert (labels[1, :, :50] == 1).all() and (labels[1, :, 50:] == 255).all()
     assert images[0, :, :40, :70].eq(1).all() and images[0, :, 40:, :].eq(0).all()
+
+
+# ------------------------------------------------------------------ damaged checkpoints
+def test_truncated_checkpoint_is_set_aside_and_the_run_starts_again(data_dir, tmp_path, capsys):
+    """A checkpoint cut short (a full disk, a copy interrupted) is never trusted: the rerun
+    says which file, moves it aside and trains from scratch to the same result."""
+    import segbench.engine.train as train_mod
+
+    spec = spec_for()
+    train_mod.train_run(spec, data_dir, tmp_path / "full", threads=1, progress=False)
+    run = tmp_path / "run"
+    ckpt = run / "ckpt" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    whole = (tmp_path / "full" / "ckpt" / "last.pt").read_bytes()
+    ckpt.write_bytes(whole[: len(whole) // 2])
+    capsys.readouterr()
+    record = train_mod.train_run(spec, data_dir, run, threads=1, progress=False)
+    err = capsys.readouterr().err
+    assert f"warning: checkpoint {ckpt} cannot be read" in err and "training from scratch" in err, err
+    assert (run / "ckpt" / "last.pt.corrupt").read_bytes() == whole[: len(whole) // 2]
+    assert record["resumed_from_epoch"] is None
+    assert history(run / "history.csv") == history(tmp_path / "full" / "history.csv")
+
+
+def test_checkpoint_that_does_not_fit_the_model_is_set_aside(data_dir, tmp_path, capsys):
+    """Same config hash but weights of another shape (the model's code changed): set aside,
+    trained again from the same initial weights as an uninterrupted run."""
+    import segbench.engine.train as train_mod
+
+    spec = spec_for()
+    train_mod.train_run(spec, data_dir, tmp_path / "full", threads=1, progress=False)
+    run = tmp_path / "run"
+    state = torch.load(tmp_path / "full" / "ckpt" / "last.pt", weights_only=True)
+    first = next(iter(state["model"]))
+    state["model"][first] = torch.zeros(1)
+    (run / "ckpt").mkdir(parents=True)
+    torch.save(state, run / "ckpt" / "last.pt")
+    capsys.readouterr()
+    record = train_mod.train_run(spec, data_dir, run, threads=1, progress=False)
+    err = capsys.readouterr().err
+    assert f"checkpoint {run / 'ckpt' / 'last.pt'} does not fit this run" in err, err
+    assert record["resumed_from_epoch"] is None
+    assert history(run / "history.csv") == history(tmp_path / "full" / "history.csv")
+    wa = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    wb = torch.load(run / "model.pt", weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_stale_temporary_files_of_a_killed_job_are_removed(data_dir, tmp_path, capsys):
+    from segbench.engine.train import train_run
+
+    run = tmp_path / "run"
+    (run / "ckpt").mkdir(parents=True)
+    stale = [run / "ckpt" / ".last.pt.abc123.tmp", run / ".model.pt.x.tmp", run / ".run.json.y.tmp"]
+    for p in stale:
+        p.write_bytes(b"half")
+    (run / ".unrelated.tmp").write_text("not ours")
+    train_run(spec_for(), data_dir, run, threads=1, progress=False)
+    assert not any(p.exists() for p in stale)
+    assert (run / ".unrelated.tmp").exists()
+    assert not list(run.rglob(".*.tmp"))[1:]
+
+
+# ------------------------------------------------------------------ non-finite losses
+def _poison(monkeypatch, victim: int, from_epoch: int = 1):
+    """Make train sample ``victim`` all-NaN (a poisoned input: the loss becomes NaN) from
+    epoch ``from_epoch`` on; return its image path."""
+    from segbench.data.dataset import SegmentationDataset
+
+    real = SegmentationDataset.__getitem__
+    calls = {"n": 0}
+
+    def getitem(self, index):
+        image, label, i = real(self, index)
+        if self.split == "train":
+            calls["n"] += 1
+            if index == victim and calls["n"] > (from_epoch - 1) * len(self):
+                image = torch.full_like(image, float("nan"))
+        return image, label, i
+
+    monkeypatch.setattr(SegmentationDataset, "__getitem__", getitem)
+    return victim
+
+
+def _victim_path(data_dir, victim):
+    from segbench.data.dataset import SegmentationDataset
+
+    return SegmentationDataset(data_dir / "manifest.csv", "train", None).rows[victim]["image"]
+
+
+def test_nan_loss_stops_naming_step_files_and_last_checkpoint(data_dir, tmp_path, monkeypatch):
+    import re
+
+    from segbench.engine.train import NonFiniteLoss, train_run
+
+    _poison(monkeypatch, victim=3, from_epoch=2)
+    spec = spec_for()
+    assert spec["train"]["on_nonfinite"] == "stop"  # the default
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss) as err:
+        train_run(spec, data_dir, run, threads=1, progress=False)
+    msg = str(err.value)
+    m = re.search(r"loss is nan at step (\d+) \(epoch 2/2, batch (\d)/3\)", msg)
+    assert m, msg
+    assert int(m.group(1)) == 3 + int(m.group(2))  # global step: 3 batches per epoch
+    assert _victim_path(data_dir, 3) in msg
+    assert f"last good checkpoint: {run / 'ckpt' / 'last.pt'} (after epoch 1)" in msg
+    assert "on_nonfinite: skip" in msg
+    assert not (run / "model.pt").exists() and (run / "ckpt" / "last.pt").exists()
+
+
+def test_nan_loss_in_the_first_epoch_says_there_is_no_checkpoint(data_dir, tmp_path, monkeypatch):
+    from segbench.engine.train import NonFiniteLoss, train_run
+
+    _poison(monkeypatch, victim=0)
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1/2.*last good checkpoint: none"):
+        train_run(spec_for(), data_dir, tmp_path / "run", threads=1, progress=False)
+
+
+def test_skip_mode_drops_and_counts_nonfinite_batches(data_dir, tmp_path, monkeypatch, capsys):
+    import math
+
+    import segbench.engine.train as train_mod
+
+    _poison(monkeypatch, victim=3)
+    monkeypatch.setattr(train_mod, "MAX_SKIPPED_FRACTION", 0.5)  # 1 of 3 batches allowed
+    spec = spec_for()
+    spec["train"]["on_nonfinite"] = "skip"
+    run = tmp_path / "run"
+    capsys.readouterr()
+    record = train_mod.train_run(spec, data_dir, run, threads=1, progress=False)
+    err = capsys.readouterr().err
+    skips = [line for line in err.splitlines() if line.startswith("skipped batch: loss is nan")]
+    assert len(skips) == 2 and all(_victim_path(data_dir, 3) in line for line in skips), err
+    assert record["skipped_batches"] == 2 and record["on_nonfinite"] == "skip"
+    assert json.loads((run / "run.json").read_text())["skipped_batches"] == 2
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["skipped_batches"] for r in rows] == ["1", "1"]
+    # nothing of the poisoned batch stays in the model: weights and BN statistics finite
+    assert all(math.isfinite(float(r[k])) for r in rows for k in ("train_loss", "val_loss", "val_mIoU"))
+    weights = torch.load(run / "model.pt", weights_only=True)
+    assert any("running_mean" in k for k in weights)
+    assert all(torch.isfinite(v.float()).all() for v in weights.values())
+
+
+def test_skip_mode_still_stops_when_too_many_batches_fail(data_dir, tmp_path, monkeypatch):
+    from segbench.engine.train import NonFiniteLoss, train_run
+
+    _poison(monkeypatch, victim=3)
+    spec = spec_for()
+    spec["train"]["on_nonfinite"] = "skip"
+    with pytest.raises(NonFiniteLoss, match=r"1 of the 3 batches of epoch 1 had a non-finite loss, more than "
+                                            r"10% \(train.on_nonfinite: skip\): stopping") as err:
+        train_run(spec, data_dir, tmp_path / "run", threads=1, progress=False)
+    assert _victim_path(data_dir, 3) in str(err.value)
+
+
+def test_on_nonfinite_is_validated():
+    from segbench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="on_nonfinite"):
+        from segbench.config import validate_config
+
+        validate_config({
+            "datasets": {"d": {"source": "synthetic"}}, "models": {"unet": {"arch": "unet"}},
+            "losses": {"ce": {"type": "ce"}}, "train": {"on_nonfinite": "ignore"},
+            "studies": {"s": {"datasets": ["d"], "models": ["unet"], "losses": ["ce"]}}})

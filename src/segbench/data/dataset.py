@@ -27,7 +27,7 @@ MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
 
 
-_PREPARE_AGAIN = "run `segbench prepare` again (or delete results/data/DATASET/ and rerun snakemake)"
+from segbench.data.images import PREPARE_AGAIN as _PREPARE_AGAIN, read_label  # noqa: E402,F401 (re-exported)
 
 
 def read_manifest(manifest: str | Path, split: str) -> list[dict]:
@@ -66,19 +66,6 @@ def read_image(path: str) -> np.ndarray:
         _NOTED.add(note)
         print(f"note: image {path} is {note} (said once per kind of image)", file=sys.stderr, flush=True)
     return rgb
-
-
-def read_label(path: str) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P"):
-                raise DataError(f"label {path} has mode {im.mode}; expected a single-channel uint8 PNG of train "
-                                f"ids as `segbench prepare` writes them: {_PREPARE_AGAIN}")
-            im.load()
-            return np.asarray(im)
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise DataError(f"cannot read label {path} ({e.__class__.__name__}: {e}); the prepared labels are damaged "
-                        f"or incomplete: {_PREPARE_AGAIN}") from None
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

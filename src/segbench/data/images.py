@@ -150,3 +150,22 @@ def read_rgb(path: str | os.PathLike[str]) -> tuple[np.ndarray, str | None]:
         except Exception as e:  # noqa: BLE001
             raise _damaged(e) from None
     return rgb, conversion_note(mode)
+
+
+PREPARE_AGAIN = "run `segbench prepare` again (or delete results/data/DATASET/ and rerun snakemake)"
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """A prepared label (single-channel uint8 PNG of train ids); DataError naming the file."""
+    from segbench.data import DataError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P"):
+                raise DataError(f"label {path} has mode {im.mode}; expected a single-channel uint8 PNG of train "
+                                f"ids as `segbench prepare` writes them: {PREPARE_AGAIN}")
+            im.load()
+            return np.asarray(im)
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise DataError(f"cannot read label {path} ({e.__class__.__name__}: {e}); the prepared labels are damaged "
+                        f"or incomplete: {PREPARE_AGAIN}") from None

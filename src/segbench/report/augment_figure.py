@@ -103,15 +103,11 @@ def augmentation_examples_arrays(image: np.ndarray, label: np.ndarray | None = N
 
 
 def _read_label(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P"):
-                raise ValueError(f"label {path} has mode {im.mode}; expected a single-channel uint8 PNG of "
-                                 f"train ids as the prepare step writes them")
-            im.load()
-            return np.asarray(im)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"label {path} not found; {_PREPARE}") from None
+    from segbench.data.images import read_label
+
+    if not path.is_file():
+        raise FileNotFoundError(f"label {path} not found; {_PREPARE}")
+    return read_label(path)
 
 
 def _read_image(path: Path) -> np.ndarray:

@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test test-fast lint dry-run mlflow-ui serve browser test-serve clean help
+.PHONY: install run test test-fast lint dry-run mlflow-ui serve browser test-serve bench clean help
 
 help:
 	@echo "make run       install, then run the default pipeline (config.yaml) with snakemake --cores $(CORES)"
@@ -22,6 +22,7 @@ help:
 	@echo "make run-local the local profile (workflow/profiles/default); make run-slurm: the SLURM profile"
 	@echo "make mlflow-server / mlflow-server-stop   a shared MLflow server (scripts/mlflow_server.sh)"
 	@echo "make test-slurm   the one-node SLURM test alone (root: installs slurm-wlm + munge)"
+	@echo "make bench    the performance benchmarks (bench/run_all.py) with their targets; BENCH_ARGS=--quick: short"
 
 # The stamp is rebuilt when the pins change; the CPU torch wheel must stay pinned.
 $(VENV)/.installed: envs/requirements.txt pyproject.toml
@@ -59,6 +60,12 @@ serve: install
 
 browser:
 	bash scripts/install_browser.sh
+
+# `make bench`: every performance figure with its target (bench/run_all.py, about 5 min on
+# 2 cores); BENCH_ARGS="--quick", "--only loader ops", "--results DIR --wall SECONDS".
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 test-serve: install
 	$(BIN)/python -m pytest tests/test_serve.py

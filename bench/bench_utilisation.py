@@ -1,0 +1,164 @@
+"""Training utilisation at 256x512: achieved GFLOP/s of forward+backward divided by a dense
+3x3 convolution's GFLOP/s, timed in the same rounds (bench/bench_models.py's method, whose
+functions this script imports), for the convolutional models; target >= 0.5. The
+denominator is the best dense-conv speed over the whole run (every model's rounds time the
+conv too), so a burst of load during one model's conv rounds does not flatter that model.
+
+    python bench/bench_utilisation.py                  # the 10 models, config.yaml widths, 256x512, batch 2
+    python bench/bench_utilisation.py --quick          # fewer rounds, no channels_last trial
+    python bench/bench_utilisation.py --preset paper unet     # the papers' widths (slow)
+
+For every model under the target, its forward+backward step is profiled (torch.profiler,
+after a warm-up step) and its self CPU time split into convolutions, batch norm,
+dense kxk / 1x1 / grouped (depth-wise) convolutions, batch norm, element-wise,
+pooling/resampling and copies; the worst model's top operators are listed.
+A candidate fix is then timed in the same rounds: the model and its input in channels_last
+memory format (an option of the training loop, not of the models; nothing is changed here).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import benchlib  # noqa: F401  (sys.path, environment)
+from benchlib import figure, header, show
+
+import torch
+
+from bench_models import CPU_PRESETS, CLASSES, bench_model, best_times, dense_conv_fns, train_fn
+from segbench.models import build_model
+
+MODELS = ["unet", "segnet", "deeplabv3", "deeplabv3_pac", "unet_xception", "segnet_mobilenet", "gradnet",
+          "van_fpn_frm", "van_fpn_ppm", "van_fpn_dappm"]
+TARGET = 0.5
+
+GROUPS = [  # (group, substrings of aten op names), first match wins; convolutions are split by weight shape
+    ("batch norm", ("batch_norm", "layer_norm", "group_norm")),
+    ("pool/resample", ("pool", "upsample", "interpolate", "max_unpool", "adaptive", "col2im", "im2col")),
+    ("matmul", ("mm", "matmul", "linear", "bmm", "addmm")),
+    ("copy/layout", ("copy_", "contiguous", "clone", "cat", "fill_", "zero_", "empty", "pad", "index")),
+]
+CONV_OPS = {"aten::mkldnn_convolution": (0, 1), "aten::convolution_backward": (1, 2),
+            "aten::thnn_conv2d": (0, 1), "aten::_slow_conv2d_forward": (0, 1), "aten::_slow_conv2d_backward": (1, 2),
+            "aten::conv_depthwise2d": (0, 1), "aten::_conv_depthwise2d": (0, 1)}
+COLUMNS = ["conv kxk", "conv 1x1", "conv grouped", "batch norm", "pool/resample", "matmul", "copy/layout",
+           "element-wise/other"]
+
+
+def group_of(name: str, shapes=None) -> str:
+    if name in CONV_OPS or "convolution" in name or "conv2d" in name:
+        try:
+            i, w = CONV_OPS.get(name, (0, 1))
+            cin, weight = shapes[i][1], shapes[w]
+            if weight[1] != cin:
+                return "conv grouped"  # depth-wise and grouped: few FLOPs per byte
+            return "conv 1x1" if weight[2] == weight[3] == 1 else "conv kxk"
+        except (TypeError, IndexError):
+            return "conv kxk"
+    for g, keys in GROUPS:
+        if any(k in name for k in keys):
+            return g
+    return "element-wise/other"
+
+
+def profile_step(name: str, params: dict, batch: int, size: tuple[int, int], channels_last: bool = False):
+    """Self CPU time shares of one f+b step by operator group (convolutions split by weight
+    shape) and the top aten operators."""
+    torch.manual_seed(0)
+    model = build_model(name, CLASSES, **params).train()
+    x = torch.randn(batch, 3, *size)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    step = train_fn(model, x)
+    step()  # warm-up (allocator, mkldnn primitives)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    groups: dict[str, float] = {}
+    for e in prof.events():
+        if e.name.startswith("aten::"):
+            g = group_of(e.name, e.input_shapes)
+            groups[g] = groups.get(g, 0.0) + e.self_cpu_time_total
+    total = sum(groups.values()) or 1.0
+    groups = {g: v / total for g, v in groups.items()}
+    top = sorted((e for e in prof.key_averages() if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total)
+    return groups, top, total
+
+
+def channels_last_trial(name: str, params: dict, batch: int, size: tuple[int, int], rounds: int,
+                        flops_fb: float, conv_best: float = 0.0) -> dict:
+    torch.manual_seed(0)
+    m1 = build_model(name, CLASSES, **params).train()
+    m2 = build_model(name, CLASSES, **params).train().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, *size)
+    conv_fns, _, conv_fb = dense_conv_fns(batch)
+    t = best_times({"conv_fb": conv_fns["conv_fb"], "nchw": train_fn(m1, x),
+                    "cl": train_fn(m2, x.contiguous(memory_format=torch.channels_last))}, rounds)
+    conv = max(conv_fb / t["conv_fb"], conv_best)
+    return {"nchw": flops_fb / t["nchw"] / conv, "cl": flops_fb / t["cl"] / conv,
+            "speedup": t["nchw"] / t["cl"], "nchw_ms": t["nchw"] * 1e3, "cl_ms": t["cl"] * 1e3}
+
+
+def main(argv=None) -> int:
+    ap = benchlib.parser(__doc__)
+    ap.add_argument("names", nargs="*", help=f"models (default: {' '.join(MODELS)})")
+    ap.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
+                    help="cpu: config.yaml's widths (bench_models.CPU_PRESETS); paper: the papers'")
+    ap.add_argument("--size", default="256x512")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--iterations", type=int, default=None, help="timed rounds (best of; default 4, quick 2)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-trial", action="store_true", help="skip the channels_last trial of the misses")
+    a = ap.parse_args(argv)
+    rounds = a.iterations or (2 if a.quick else 4)
+    torch.set_num_threads(a.threads)
+    size = tuple(int(v) for v in a.size.split("x"))
+    names = a.names or MODELS
+    header(f"Training utilisation at {a.size} (torch {torch.__version__}, {torch.get_num_threads()} threads, "
+           f"batch {a.batch}, preset {a.preset}, best of {rounds}; ratio = model f+b GFLOP/s / dense 3x3 conv "
+           f"128->128 @64x128 f+b GFLOP/s, timed in the same rounds, best over the run)")
+    figs, rows = [], []
+    for name in names:
+        params = CPU_PRESETS.get(name, {}) if a.preset == "cpu" else {}
+        rows.append((name, params, bench_model(name, params, a.batch, size, rounds)))
+        print(f"  timed {name}", flush=True)
+    # the machine's dense-conv speed: the best of every model's same-round conv timings (a
+    # burst of load during one model's conv rounds would otherwise flatter that model)
+    conv = max(r["conv_fwd_bwd"] for _, _, r in rows)
+    conv_f = max(r["conv_fwd"] for _, _, r in rows)
+    print(f"  dense 3x3 conv 128->128 @64x128, batch {a.batch}: {conv:.0f} GFLOP/s f+b, {conv_f:.0f} fwd "
+          f"(best over the run; per model {min(r['conv_fwd_bwd'] for _, _, r in rows):.0f}-{conv:.0f})")
+    ratios = {}
+    for name, params, r in rows:
+        ratio = ratios[name] = r["gflops_fwd_bwd"] / conv
+        figs.append(show(figure(f"utilisation f+b {name}", ratio, "", ">=", TARGET,
+                                note=f"{r['gflop_fwd_bwd']:.1f} GFLOP in {r['fwd_bwd_s'] * 1e3:.0f} ms = "
+                                     f"{r['gflops_fwd_bwd']:.0f} GFLOP/s; fwd ratio {r['gflops_fwd'] / conv_f:.2f}")))
+    rows = [(name, params, r, ratios[name]) for name, params, r in rows]
+    misses = sorted((row for row in rows if row[3] < TARGET), key=lambda row: row[3])
+    if misses:
+        print(f"\n  {len(misses)} model(s) under {TARGET}: self CPU time of one f+b step by operator group")
+        groups_seen = COLUMNS
+        print("  " + f"{'model':<17}" + "".join(f"{g:>14}" for g in groups_seen))
+        worst_top = None
+        for name, params, _, _ in misses:
+            groups, top, total = profile_step(name, params, a.batch, size)
+            worst_top = worst_top or (name, top, total)
+            print("  " + f"{name:<17}" + "".join(f"{groups.get(g, 0.0):>13.0%} " for g in groups_seen))
+        name, top, total = worst_top
+        print(f"\n  worst: {name}; top operators of one f+b step (self CPU time, torch.profiler key_averages)")
+        for e in top[:12]:
+            print(f"    {e.key:<40} {e.self_cpu_time_total / 1e3:>9.1f} ms {e.self_cpu_time_total / total:>6.1%} "
+                  f"{e.count:>5} calls")
+        if not (a.quick or a.no_trial):
+            print("\n  candidate fix, timed in the same rounds: channels_last model + input (training loop option)")
+            for name, params, r, _ in misses:
+                t = channels_last_trial(name, params, a.batch, size, rounds, r["gflop_fwd_bwd"] * 1e9, conv * 1e9)
+                figs.append(show(figure(f"  utilisation f+b {name} with channels_last", t["cl"], "",
+                                        note=f"NCHW {t['nchw']:.2f} in this trial; step {t['nchw_ms']:.0f} -> "
+                                             f"{t['cl_ms']:.0f} ms ({t['speedup']:.2f}x)")))
+    benchlib.write_json(a.json, "bench_utilisation", figs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,13 +53,23 @@ def setup_torch(threads: int | None, deterministic: bool | None = None) -> torch
     device = pick_device()
     if deterministic is None:
         deterministic = device.type != "cuda" or wants_determinism
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    _set_deterministic(deterministic)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cudnn.deterministic = deterministic
         torch.backends.cuda.matmul.allow_tf32 = not deterministic
         torch.backends.cudnn.allow_tf32 = not deterministic
     return device
+
+
+def _set_deterministic(mode: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode, warn_only=True)`` without its import of
+    ``torch._inductor.config`` (about 1.2 s per job here, to set a flag for torch.compile,
+    which segbench does not use); the public call when inductor is loaded anyway."""
+    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=True)
 
 
 def pick_device() -> torch.device:

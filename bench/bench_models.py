@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from benchlib import best_of  # noqa: E402  (bench/ is the script's folder)
 from segbench.models import available, build_model  # noqa: E402
 from segbench.models.common import count_parameters  # noqa: E402
 
@@ -90,15 +90,7 @@ def best_times(fns: dict, rounds: int) -> dict:
     """Best time of each function over ``rounds`` rounds that run all of them in turn (after
     one warm-up round): a burst of load from another process hits one round of every
     function alike instead of all the samples of one."""
-    for fn in fns.values():
-        fn()
-    best = {k: float("inf") for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
+    return best_of(fns, rounds, warmup=1)
 
 
 def dense_conv_fns(batch: int):

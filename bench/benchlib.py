@@ -128,8 +128,9 @@ def write_json(path: str | None, script: str, figures: list[dict], extra: dict |
 
 
 def best_of(fns: dict, rounds: int, warmup: int = 1) -> dict:
-    """Best time of each function over ``rounds`` rounds running all of them in turn
-    (``bench_models.best_times`` with a configurable warm-up)."""
+    """Best time of each function over ``rounds`` rounds running all of them in turn, after
+    ``warmup`` rounds: a burst of load from another process hits one round of every function
+    alike instead of all the samples of one."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()

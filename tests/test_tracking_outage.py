@@ -309,3 +309,68 @@ def test_store_stopping_in_the_middle_of_the_pipeline(tmp_path):
     _assert_complete_history(client, run.info.run_id, wd / "results/runs/synthetic/unet/ce/s0/history.csv")
     (study,) = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'study'")
     assert "tables/summary.csv" in {f.path for f in client.list_artifacts(study.info.run_id, "tables")}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_server_stopped_in_the_middle_of_the_pipeline(tmp_path, monkeypatch):
+    """The same with a real tracking server (scripts/mlflow_server.sh, 127.0.0.1, stopped by
+    its PID): up while the experiments are created, stopped before the run is tracked,
+    started again on the same store before `segbench sync`."""
+    from mlflow import MlflowClient
+
+    wd = tmp_path
+    uri = f"http://127.0.0.1:{_free_port()}"
+    cfg = json.loads(json.dumps(TINY))
+    cfg["mlflow"] = {"tracking_uri": uri}
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (wd / "store").mkdir()
+    # a refused connection fails at once instead of after MLflow's retries with back-off
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    script = ["bash", str(ROOT / "scripts" / "mlflow_server.sh")]
+    state = ["--state-dir", str(wd / "server")]
+
+    def start():
+        proc = subprocess.run(script + ["start", "--port", uri.rsplit(":", 1)[1], *state,
+                                        "--backend", f"sqlite:///{wd}/store/mlflow.db",
+                                        "--artifacts", str(wd / "artifacts")],
+                              capture_output=True, text=True, timeout=300, cwd=wd)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def stop():
+        subprocess.run(script + ["stop", *state], capture_output=True, text=True, timeout=120, cwd=wd)
+
+    start()
+    try:
+        snakemake(wd, "results/mlflow/init.json")
+        assert json.loads((wd / RECORDS[0]).read_text())["status"] == "logged"
+        stop()
+        out = snakemake(wd)
+        assert statuses(wd) == ["logged", "skipped", "skipped"]
+        assert "was skipped for 2 track step(s)" in out and "`segbench sync`" in out
+        files = run_files(wd)
+        assert all(p.stat().st_size > 0 for p in report_files(wd))
+
+        start()
+        for _ in range(2):  # the second sync adds nothing
+            proc = segbench("sync", cwd=wd)
+            assert proc.returncode == 0, proc.stderr
+        assert statuses(wd) == ["logged"] * 3 and pending_rules(wd) == set()
+        assert run_files(wd) == files
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("segbench-only")
+        (run,) = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
+        assert run.info.status == "FINISHED" and "final_mIoU" in run.data.metrics
+        _assert_complete_history(client, run.info.run_id, wd / "results/runs/synthetic/unet/ce/s0/history.csv")
+        (study,) = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'study'")
+        assert "tables/summary.csv" in {f.path for f in client.list_artifacts(study.info.run_id, "tables")}
+    finally:
+        stop()

@@ -220,6 +220,26 @@ def run_files(wd):
     return {name: (run / name).read_bytes() for name in RUN_FILES}
 
 
+def _sync_twice_and_check(wd, uri, files):
+    """`segbench sync` twice (the second adds nothing); then every record is logged, nothing
+    is pending, the run's files are unchanged, and MLflow at ``uri`` holds one FINISHED run
+    with the complete history and the study run with its tables."""
+    from mlflow import MlflowClient
+
+    for _ in range(2):
+        proc = segbench("sync", cwd=wd)
+        assert proc.returncode == 0, proc.stderr
+    assert statuses(wd) == ["logged"] * 3 and pending_rules(wd) == set()
+    assert run_files(wd) == files
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("segbench-only")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
+    assert run.info.status == "FINISHED" and "final_mIoU" in run.data.metrics
+    _assert_complete_history(client, run.info.run_id, wd / "results/runs/synthetic/unet/ce/s0/history.csv")
+    (study,) = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'study'")
+    assert "tables/summary.csv" in {f.path for f in client.list_artifacts(study.info.run_id, "tables")}
+
+
 def block(wd):
     if (wd / "store").is_dir():
         shutil.move(wd / "store", wd / "store.ok")
@@ -278,8 +298,6 @@ def test_store_stopping_in_the_middle_of_the_pipeline(tmp_path):
     time the run is tracked: training completes, the files are intact, every table and
     figure is made, the log says how to sync, and `segbench sync` fills MLflow with the
     complete history (no gaps, no duplicates)."""
-    from mlflow import MlflowClient
-
     wd = tmp_path
     (wd / "config.yaml").write_text(yaml.safe_dump(TINY))
     (wd / "store").mkdir()
@@ -297,18 +315,7 @@ def test_store_stopping_in_the_middle_of_the_pipeline(tmp_path):
     assert all(p.stat().st_size > 0 for p in report_files(wd))
 
     unblock(wd)
-    for _ in range(2):  # a second sync adds nothing
-        proc = segbench("sync", cwd=wd)
-        assert proc.returncode == 0, proc.stderr
-    assert statuses(wd) == ["logged"] * 3 and pending_rules(wd) == set()
-    assert run_files(wd) == files
-    client = MlflowClient(f"sqlite:///{wd}/store/mlflow.db")
-    exp = client.get_experiment_by_name("segbench-only")
-    (run,) = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
-    assert run.info.status == "FINISHED" and "final_mIoU" in run.data.metrics
-    _assert_complete_history(client, run.info.run_id, wd / "results/runs/synthetic/unet/ce/s0/history.csv")
-    (study,) = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'study'")
-    assert "tables/summary.csv" in {f.path for f in client.list_artifacts(study.info.run_id, "tables")}
+    _sync_twice_and_check(wd, f"sqlite:///{wd}/store/mlflow.db", files)
 
 
 def _free_port() -> int:
@@ -324,8 +331,6 @@ def test_mlflow_server_stopped_in_the_middle_of_the_pipeline(tmp_path, monkeypat
     """The same with a real tracking server (scripts/mlflow_server.sh, 127.0.0.1, stopped by
     its PID): up while the experiments are created, stopped before the run is tracked,
     started again on the same store before `segbench sync`."""
-    from mlflow import MlflowClient
-
     wd = tmp_path
     uri = f"http://127.0.0.1:{_free_port()}"
     cfg = json.loads(json.dumps(TINY))
@@ -360,17 +365,6 @@ def test_mlflow_server_stopped_in_the_middle_of_the_pipeline(tmp_path, monkeypat
         assert all(p.stat().st_size > 0 for p in report_files(wd))
 
         start()
-        for _ in range(2):  # the second sync adds nothing
-            proc = segbench("sync", cwd=wd)
-            assert proc.returncode == 0, proc.stderr
-        assert statuses(wd) == ["logged"] * 3 and pending_rules(wd) == set()
-        assert run_files(wd) == files
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name("segbench-only")
-        (run,) = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
-        assert run.info.status == "FINISHED" and "final_mIoU" in run.data.metrics
-        _assert_complete_history(client, run.info.run_id, wd / "results/runs/synthetic/unet/ce/s0/history.csv")
-        (study,) = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'study'")
-        assert "tables/summary.csv" in {f.path for f in client.list_artifacts(study.info.run_id, "tables")}
+        _sync_twice_and_check(wd, uri, files)
     finally:
         stop()

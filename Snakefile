@@ -29,3 +29,16 @@ rule all:
     input:
         all_outputs(),
     default_target: True
+
+
+onstart:
+    start_forkserver()
+
+
+onsuccess:
+    stop_forkserver()
+    mlflow_reminder()
+
+
+onerror:
+    stop_forkserver()

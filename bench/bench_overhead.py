@@ -21,7 +21,8 @@ Figures (all in slot-seconds; a slot is one of the ``--cores`` Snakemake was giv
   data loading in the workers, per-epoch validation) plus ``eval_seconds`` of every
   metrics.json (the evaluation loop), counted for the runs whose jobs ran in this results folder.
 * overhead share = 1 - compute / (wall x slots); split into Python start-up + imports
-  (measured per step kind here, x its jobs), the rest of the train/evaluate jobs (model
+  (measured per step kind here, x its jobs; for the jobs the fork server ran, as its log
+  results/logs/forkserver.log shows, the client's start-up instead), the rest of the train/evaluate jobs (model
   construction, checkpoints, outputs), profiling, data preparation, MLflow, reports, and
   Snakemake's own time plus idle slots (wall x slots - all job slot-seconds).
 """
@@ -109,6 +110,32 @@ def compute_seconds(results: Path, jobs: list[dict]) -> tuple[float, float, list
     return train, evaluate, notes
 
 
+# `segbench STEP` -> the benchmark folder of its rule
+STEP_KIND = {"train": "train", "evaluate": "evaluate", "profile": "profile", "track": "mlflow",
+             "track-init": "mlflow", "track-study": "mlflow", "report": "report", "sync": "mlflow"}
+
+
+def forkserver_jobs(results: Path) -> tuple[dict[str, int], float | None]:
+    """Jobs the fork server ran in the last Snakemake invocation logged in
+    results/logs/forkserver.log, per benchmark folder, and the server's one-off import time."""
+    log = results / "logs" / "forkserver.log"
+    if not log.exists():
+        return {}, None
+    lines = log.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if "forkserver[" in line and ": imported " in line]
+    if not starts:
+        return {}, None
+    block = lines[starts[-1]:]
+    m = re.search(r"imported \d+ modules in ([\d.]+) s", block[0])
+    counts: dict[str, int] = {}
+    for line in block:
+        m2 = re.search(r": pid \d+: segbench (\S+) -> ", line)
+        if m2 and m2.group(1) in STEP_KIND:
+            kind = STEP_KIND[m2.group(1)]
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts, float(m.group(1)) if m else None
+
+
 def startup_seconds(rounds: int) -> dict[str, float]:
     """Best wall time of ``python -c 'import segbench.cli, MODULES; SETUP'`` per step kind
     (SETUP: ``setup_torch`` for the torch steps, which turns on deterministic algorithms and so
@@ -116,6 +143,8 @@ def startup_seconds(rounds: int) -> dict[str, float]:
     py = sys.executable
     env = env_with_venv(PYTHONPATH=str(ROOT / "src"))
     out = {"python": time_command([py, "-c", "pass"], rounds, env=env),
+           # a job the fork server runs: the client's start-up (its step's imports are the server's)
+           "forkserver client": time_command([py, "-c", "import segbench.cli, segbench.forkserver"], rounds, env=env),
            "segbench --help": time_command([py, "-m", "segbench", "--help"], rounds, env=env),
            "import torch": time_command([py, "-c", "import torch"], rounds, env=env),
            "torch.use_deterministic_algorithms": time_command(
@@ -230,6 +259,20 @@ def main(argv=None) -> int:
     tthreads = train_threads(results)
     for j in jobs:
         j["threads"] = slots if j["kind"] == "profile" else (tthreads if j["kind"] == "train" else 1)
+    forked, preload_s = forkserver_jobs(results)
+    kinds_n: dict[str, int] = {}
+    for j in jobs:
+        kinds_n[j["kind"]] = kinds_n.get(j["kind"], 0) + 1
+    if forked:
+        print(f"  fork server (results/logs/forkserver.log): ran " + ", ".join(
+            f"{n} of {kinds_n.get(k, 0)} {k}" for k, n in sorted(forked.items()))
+            + f" jobs; its imports took {preload_s or 0:.1f} s once (beside the first jobs, in no slot)")
+    else:
+        print("  no fork server log: every job imported its modules itself")
+    for j in jobs:  # start-up per job: the client's when the server ran (a share of) the rule's jobs
+        share = min(1.0, forked.get(j["kind"], 0) / kinds_n[j["kind"]])
+        own = st.get(j["kind"], st["python"])
+        j["startup"] = share * st["forkserver client"] + (1 - share) * own
     train, evaluate, notes = compute_seconds(results, jobs)
     compute = train * tthreads + evaluate
     capacity = wall * slots
@@ -245,7 +288,7 @@ def main(argv=None) -> int:
         p["jobs"] += 1
         p["s"] += j["s"]
         p["slot_s"] += j["s"] * j["threads"]
-        p["startup"] += st.get(j["kind"], st["python"]) * j["threads"]
+        p["startup"] += j["startup"] * j["threads"]
         p["compute"] += j.get("compute", 0.0) * j["threads"]
     print(f"\n  {'rule':<16}{'jobs':>6}{'job s':>10}{'slot-s':>10}{'start-up':>10}{'compute':>10}{'rest':>10}")
     for k, p in sorted(per.items(), key=lambda kv: -kv[1]["slot_s"]):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -467,6 +468,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``segbench STEP ...``: run the step, in a child of the pipeline's fork server when the
+    Snakefile started one for this job (see segbench.forkserver), else in this process."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED and os.environ.get("SEGBENCH_FORKSERVER"):
+        from segbench import forkserver
+
+        code = forkserver.delegate(["segbench", *argv])
+        if code is not None:
+            return code
+    return run(argv)
+
+
+# the steps that import torch, mlflow or matplotlib: a fork server runs them (data steps stay
+# in their own process: a download may prompt for a login)
+_DELEGATED = frozenset({"train", "evaluate", "profile", "track-init", "track", "track-study", "sync", "report"})
+
+
+def run(argv: list[str]) -> int:
+    """Parse ``argv`` and run the step in this process."""
     args = build_parser().parse_args(argv)
     from segbench.config import ConfigError
     from segbench.data import DataError

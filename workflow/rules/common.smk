@@ -173,3 +173,56 @@ def augment_dataset(study):
     SegNet report, Figure 6), or None for a study that has no such figure."""
     spec = PLAN.study_spec(study)
     return PLAN.studies[study][0].dataset if spec["paper"] == "unet_segnet" and PLAN.studies[study] else None
+
+
+# -- the fork server (segbench.forkserver): torch, mlflow and matplotlib imported once for all
+# local jobs of this invocation. Started by onstart (Snakefile), stopped by onsuccess/onerror,
+# and it exits by itself when this Snakemake process is gone.
+FORKSERVER = {}
+
+
+def start_forkserver():
+    import shutil
+    import subprocess
+    import tempfile
+
+    from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+    if not CFG["forkserver"] or not workflow.executor_plugin.common_settings.local_exec:
+        return
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return  # jobs run another interpreter
+    python = shutil.which("python")  # the interpreter the jobs' `python -m segbench` runs
+    if python is None:
+        return
+    folder = tempfile.mkdtemp(prefix="segbench-fs-")  # mode 0700: only this user can connect
+    sock = os.path.join(folder, "fs.sock")
+    log = Path("results/logs/forkserver.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": SRC + (":" + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
+           "NO_ALBUMENTATIONS_UPDATE": "1", "MPLBACKEND": "Agg"}
+    with open(log, "a") as f:
+        proc = subprocess.Popen([python, "-m", "segbench.forkserver", "--socket", sock, "--parent", str(os.getpid())],
+                                stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)  # Ctrl-C reaches the jobs' clients, which forward it
+    FORKSERVER.update(proc=proc, folder=folder)
+    os.environ["SEGBENCH_FORKSERVER"] = sock  # every job inherits it
+    print(f"fork server for torch/mlflow steps: pid {proc.pid}, log {log}", file=sys.stderr)
+
+
+def stop_forkserver():
+    import shutil
+    import signal
+    import subprocess
+
+    proc = FORKSERVER.pop("proc", None)
+    os.environ.pop("SEGBENCH_FORKSERVER", None)
+    if proc is None:
+        return
+    proc.send_signal(signal.SIGTERM)  # stops listening; exits once its running jobs are done
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    shutil.rmtree(FORKSERVER.pop("folder"), ignore_errors=True)

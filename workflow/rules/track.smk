@@ -100,8 +100,8 @@ rule track_study:
         "--tracking-uri {params.uri:q} --on-error skip --round {params.round} --out {output} > {log} 2>&1"
 
 
-onsuccess:
-    # a reminder when MLflow is behind the files (the pipeline itself succeeded)
+def mlflow_reminder():
+    """After a successful run: a reminder when MLflow is behind the files."""
     if MLFLOW:
         records = [INIT_RECORD] + [STUDY_RECORD.format(study=s) for s in PLAN.studies] + [
             RUN_RECORD.format(dataset=r.dataset, model=r.model, loss=r.loss, seed=r.seed) for r in PLAN.runs]

@@ -7,6 +7,9 @@ import sys
 import threading
 import time
 
+# a slow import, as the real server's (torch, mlflow, ...) takes seconds
+time.sleep(float(os.environ.get("FORKSERVER_ENTRY_IMPORT_DELAY", "0")))
+
 
 def run(argv):
     cmd, *args = argv

@@ -49,14 +49,18 @@ def _alive(pid: int) -> bool:
 
 
 class ForkServer:
-    def __init__(self, *args, entry="forkserver_entry:run", preload=("forkserver_entry",), parent=None):
+    def __init__(self, *args, entry="forkserver_entry:run", preload=("forkserver_entry",), parent=None,
+                 wait=True, env=None):
         self.dir = Path(tempfile.mkdtemp(prefix="fs-"))  # short: a Unix socket path has 108 bytes
         self.sock = self.dir / "fs.sock"
         self.log = self.dir / "server.log"
         cmd = [sys.executable, "-m", "segbench.forkserver", "--socket", str(self.sock), "--entry", entry,
                "--preload", *preload, *(["--parent", str(parent)] if parent else []), *args]
         with open(self.log, "w") as f:
-            self.proc = subprocess.Popen(cmd, env=_env(), stdout=f, stderr=subprocess.STDOUT, cwd=self.dir)
+            self.proc = subprocess.Popen(cmd, env=_env(**(env or {})), stdout=f, stderr=subprocess.STDOUT,
+                                         cwd=self.dir)
+        if not wait:
+            return
         _wait_for(lambda: self.sock.exists() or self.proc.poll() is not None, what="the server's socket")
         assert self.proc.poll() is None, self.log.read_text()
 
@@ -150,6 +154,26 @@ def test_no_server_means_the_step_runs_in_its_own_process(tmp_path):
     r = subprocess.run([sys.executable, "-m", "segbench", "report", "--help"], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("usage: segbench report")
     assert f"fork server {tmp_path / 'missing.sock'} not reachable" in r.stderr
+
+
+def test_a_job_waits_for_a_server_that_is_still_importing():
+    s = ForkServer(env={"FORKSERVER_ENTRY_IMPORT_DELAY": "2"}, wait=False)
+    try:
+        assert not s.sock.exists()
+        r = s.client("echo", "waited", env=s.env(SEGBENCH_FORKSERVER_PID=str(s.proc.pid)))
+        assert (r.returncode, r.stdout) == (0, "waited\n") and "not reachable" not in r.stderr
+        assert "test echo -> {'exit': 0}" in s.log.read_text()
+    finally:
+        s.stop()
+    # a server that died while importing: the job runs in its own process at once
+    s = ForkServer(preload=("no_such_module_anywhere",), entry="no_such_module_anywhere:run", wait=False)
+    try:
+        s.proc.wait(timeout=30)
+        t0 = time.monotonic()
+        r = s.client("echo", "x", env=s.env(SEGBENCH_FORKSERVER_PID=str(s.proc.pid)))
+        assert r.returncode == 99 and "not reachable" in r.stderr and time.monotonic() - t0 < 10
+    finally:
+        s.stop()
 
 
 def test_a_client_from_another_checkout_is_refused(server, tmp_path):

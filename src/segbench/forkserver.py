@@ -61,6 +61,7 @@ PRELOAD = ("segbench.*", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "ml
            "alembic.command", "alembic.config", "alembic.migration", "sqlalchemy.dialects.sqlite",
            "matplotlib.pyplot")
 _NEVER = {"segbench.__main__", "segbench.forkserver"}  # __main__ would run the command line
+STARTUP_WAIT = 120.0  # seconds a job waits for a server that is still importing
 ENTRY = "segbench.cli:run"  # what the child calls with argv[1:]
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _HEADER = struct.Struct("!I")
@@ -123,6 +124,40 @@ def _identity() -> dict:
 
 
 # ---------------------------------------------------------------- client
+def _starting(pid: str | None) -> bool:
+    """Is the server process ``pid`` ($SEGBENCH_FORKSERVER_PID) still there (importing)?"""
+    try:
+        pid_n = int(pid)
+        os.kill(pid_n, 0)
+    except (TypeError, ValueError, OSError):
+        return False
+    try:
+        with open(f"/proc/{pid_n}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie: it died, not yet reaped
+    except OSError:
+        return True
+
+
+def _connect(path: str, wait: float = STARTUP_WAIT) -> socket.socket | None:
+    """A connection to the server; while a server that is still importing exists
+    ($SEGBENCH_FORKSERVER_PID alive, socket not there yet), wait for it rather than import
+    everything a second time beside it. None (with a note on stderr) when there is none."""
+    deadline = time.monotonic() + wait
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            sock.close()
+            if time.monotonic() < deadline and _starting(os.environ.get(ENV + "_PID")):
+                time.sleep(0.05)
+                continue
+            print(f"segbench: fork server {path} not reachable ({e.strerror}); running this step in its own "
+                  "process", file=sys.stderr, flush=True)
+            return None
+
+
 def delegate(argv: list[str], path: str | None = None) -> int | None:
     """Run ``argv`` (``["segbench", STEP, ...]``) in a child of the server at ``path`` (default
     $SEGBENCH_FORKSERVER) and return its exit code; dies by the child's signal if it was
@@ -130,13 +165,8 @@ def delegate(argv: list[str], path: str | None = None) -> int | None:
     path = path or os.environ.get(ENV)
     if not path:
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError) as e:
-        sock.close()
-        print(f"segbench: fork server {path} not reachable ({e.strerror}); running this step in its own process",
-              file=sys.stderr, flush=True)
+    sock = _connect(path)
+    if sock is None:
         return None
     for f in (sys.stdout, sys.stderr):
         f.flush()

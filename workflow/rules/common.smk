@@ -207,6 +207,7 @@ def start_forkserver():
                                 start_new_session=True)  # Ctrl-C reaches the jobs' clients, which forward it
     FORKSERVER.update(proc=proc, folder=folder)
     os.environ["SEGBENCH_FORKSERVER"] = sock  # every job inherits it
+    os.environ["SEGBENCH_FORKSERVER_PID"] = str(proc.pid)  # jobs wait for it while it imports
     print(f"fork server for torch/mlflow steps: pid {proc.pid}, log {log}", file=sys.stderr)
 
 
@@ -217,6 +218,7 @@ def stop_forkserver():
 
     proc = FORKSERVER.pop("proc", None)
     os.environ.pop("SEGBENCH_FORKSERVER", None)
+    os.environ.pop("SEGBENCH_FORKSERVER_PID", None)
     if proc is None:
         return
     proc.send_signal(signal.SIGTERM)  # stops listening; exits once its running jobs are done

@@ -55,11 +55,12 @@ import traceback
 
 ENV = "SEGBENCH_FORKSERVER"  # the socket's path; set by the Snakefile's onstart for its jobs
 
-# every segbench module ("segbench.*"), and what its steps import lazily: MLflow's sqlite store
-# with its migrations (3 s of a track job otherwise), matplotlib's pyplot
-PRELOAD = ("segbench.*", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils",
-           "alembic.command", "alembic.config", "alembic.migration", "sqlalchemy.dialects.sqlite",
-           "matplotlib.pyplot")
+# every segbench module ("segbench.*"), and what its steps import lazily: torch._dynamo (the
+# optimizers' constructors import it: 2 s of every training job otherwise), MLflow's sqlite
+# store with its migrations (3 s of a track job otherwise), matplotlib's pyplot
+PRELOAD = ("segbench.*", "torch._dynamo", "multiprocessing.synchronize", "mlflow",
+           "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "alembic.command", "alembic.config",
+           "alembic.migration", "sqlalchemy.dialects.sqlite", "matplotlib.pyplot")
 _NEVER = {"segbench.__main__", "segbench.forkserver"}  # __main__ would run the command line
 STARTUP_WAIT = 120.0  # seconds a job waits for a server that is still importing
 ENTRY = "segbench.cli:run"  # what the child calls with argv[1:]

@@ -26,6 +26,8 @@ memory traffic) or to a slow implementation.
 Input 128x256 (the synthetic dataset's size), batch 2 by default (BN in training needs
 more than one value per channel at the 1x1 image-pooling branches), ``--threads`` 2.
 Ratios are comparable within one run only; the numbers are printed, never asserted.
+With the CPU presets each model runs in the memory format config.yaml trains it in on a CPU
+(``train.channels_last``, the model entry's or the global one; the ``format`` column).
 """
 
 from __future__ import annotations
@@ -58,6 +60,23 @@ CPU_PRESETS: dict[str, dict] = {
     "segnet_mobilenet": {"width_mult": 0.5},
 }
 CLASSES = 19
+CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
+
+
+def config_channels_last(names, path: Path = CONFIG) -> dict[str, bool]:
+    """Whether config.yaml trains each model entry in channels_last on a CPU: its
+    ``train.channels_last`` (the model entry's, else the global one) resolved for the CPU
+    (``auto`` is NCHW there). A name without an entry gets the global setting."""
+    from segbench.config import load_config
+    from segbench.engine.common import use_channels_last
+
+    cfg = load_config(path)
+    default = cfg["train"].get("channels_last", "auto")
+    out = {}
+    for name in names:
+        entry = cfg["models"].get(name) or {}
+        out[name] = use_channels_last((entry.get("train") or {}).get("channels_last", default), "cpu")
+    return out
 
 
 def count_flops(model: torch.nn.Module, x: torch.Tensor, train: bool) -> int:
@@ -106,7 +125,19 @@ def dense_conv_fns(batch: int):
     return {"conv_f": fwd_fn(conv, x), "conv_fb": fb}, flops, 3 * flops
 
 
-def bench_model(name: str, params: dict, batch: int, size: tuple[int, int], rounds: int) -> dict:
+def in_format(model: torch.nn.Module, x: torch.Tensor, channels_last: bool):
+    """The model and its input in the memory format training uses (``train.channels_last``):
+    channels_last weights and batches, or the default NCHW (the models are built NCHW)."""
+    if channels_last:
+        return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    return model, x
+
+
+def bench_model(name: str, params: dict, batch: int, size: tuple[int, int], rounds: int,
+                channels_last: bool = False, compare: bool = False) -> dict:
+    """FLOPs and best times of one model (``channels_last``: in that memory format). With
+    ``compare``, the forward+backward step in the other format is timed in the same rounds
+    too (``fwd_bwd_other_s``), so the two formats compare under the same load."""
     with torch.device("meta"):
         meta = build_model(name, CLASSES, **params)
         xm = torch.zeros(batch, 3, *size)
@@ -117,12 +148,21 @@ def bench_model(name: str, params: dict, batch: int, size: tuple[int, int], roun
     model_eval = build_model(name, CLASSES, **params).eval()
     x = torch.randn(batch, 3, *size)
     conv_fns, conv_f, conv_fb = dense_conv_fns(batch)
-    t = best_times({**conv_fns, "f": fwd_fn(model_eval, x), "fb": train_fn(model.train(), x)}, rounds)
-    return {"model": name, "params": count_parameters(model),
-            "gflop_fwd": flops_f / 1e9, "gflop_fwd_bwd": flops_fb / 1e9,
-            "fwd_s": t["f"], "fwd_bwd_s": t["fb"], "gflops_fwd": flops_f / t["f"] / 1e9,
-            "gflops_fwd_bwd": flops_fb / t["fb"] / 1e9,
-            "conv_fwd": conv_f / t["conv_f"] / 1e9, "conv_fwd_bwd": conv_fb / t["conv_fb"] / 1e9}
+    fns = {**conv_fns, "f": fwd_fn(*in_format(model_eval, x, channels_last)),
+           "fb": train_fn(*in_format(model.train(), x, channels_last))}
+    if compare:
+        torch.manual_seed(0)
+        other = build_model(name, CLASSES, **params).train()
+        fns["fb_other"] = train_fn(*in_format(other, x, not channels_last))
+    t = best_times(fns, rounds)
+    out = {"model": name, "params": count_parameters(model), "channels_last": channels_last,
+           "gflop_fwd": flops_f / 1e9, "gflop_fwd_bwd": flops_fb / 1e9,
+           "fwd_s": t["f"], "fwd_bwd_s": t["fb"], "gflops_fwd": flops_f / t["f"] / 1e9,
+           "gflops_fwd_bwd": flops_fb / t["fb"] / 1e9,
+           "conv_fwd": conv_f / t["conv_f"] / 1e9, "conv_fwd_bwd": conv_fb / t["conv_fb"] / 1e9}
+    if compare:
+        out.update(fwd_bwd_other_s=t["fb_other"], gflops_fwd_bwd_other=flops_fb / t["fb_other"] / 1e9)
+    return out
 
 
 def main(argv=None) -> int:
@@ -139,13 +179,14 @@ def main(argv=None) -> int:
     names = a.names or list(available())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {a.size}, batch {a.batch}, "
           f"preset {a.preset}, best of {a.iterations}", flush=True)
+    formats = config_channels_last(names) if a.preset == "cpu" else dict.fromkeys(names, False)
     rows = []
     for name in names:
         params = CPU_PRESETS.get(name, {}) if a.preset == "cpu" else {}
-        rows.append((name, params, bench_model(name, params, a.batch, size, a.iterations)))
+        rows.append((name, params, bench_model(name, params, a.batch, size, a.iterations, formats[name])))
         print(f"  timed {name}", file=sys.stderr, flush=True)
     head = (f"{'model':<17} {'params':>8} {'GFLOP f':>8} {'f ms':>8} {'GFLOP/s':>8} {'ratio':>6}   "
-            f"{'GFLOP f+b':>9} {'f+b ms':>8} {'GFLOP/s':>8} {'ratio':>6}  {'conv f, f+b':>11}  params")
+            f"{'GFLOP f+b':>9} {'f+b ms':>8} {'GFLOP/s':>8} {'ratio':>6}  {'conv f, f+b':>11}  {'format':>6}  params")
     print(head)
     print("-" * len(head))
     for name, params, r in rows:
@@ -153,9 +194,11 @@ def main(argv=None) -> int:
               f"{r['gflops_fwd']:>8.1f} {r['gflops_fwd'] / r['conv_fwd']:>6.2f}   {r['gflop_fwd_bwd']:>9.2f} "
               f"{r['fwd_bwd_s'] * 1e3:>8.1f} {r['gflops_fwd_bwd']:>8.1f} "
               f"{r['gflops_fwd_bwd'] / r['conv_fwd_bwd']:>6.2f}  "
-              f"{r['conv_fwd']:>5.0f},{r['conv_fwd_bwd']:>5.0f}  {params or 'paper'}", flush=True)
+              f"{r['conv_fwd']:>5.0f},{r['conv_fwd_bwd']:>5.0f}  {'NHWC' if r['channels_last'] else 'NCHW':>6}  "
+              f"{params or 'paper'}", flush=True)
     print("ratio: the model's GFLOP/s / the dense conv's (128->128 3x3 @64x128 timed in the same rounds as the "
-          "model; its GFLOP/s in the 'conv f, f+b' column)")
+          "model; its GFLOP/s in the 'conv f, f+b' column); format: the memory format config.yaml trains the "
+          "model in on a CPU (train.channels_last; NHWC = channels_last)")
     return 0
 
 

@@ -49,7 +49,7 @@ TARGET = 0.10
 # benchmark sub-folder -> (category, what the job runs before its work: its start-up cost)
 _TORCH_SETUP = "from segbench.engine.common import setup_torch; setup_torch(1{})"
 KINDS = {
-    "train": ("train", ["segbench.engine.train"], _TORCH_SETUP.format("")),
+    "train": ("train", ["segbench.engine.train", "torch._dynamo"], _TORCH_SETUP.format("")),  # optimizers import _dynamo
     "evaluate": ("evaluate", ["segbench.engine.evaluate"], _TORCH_SETUP.format("")),
     "profile": ("profile", ["segbench.profiling"], _TORCH_SETUP.format(", deterministic=False")),
     "generate": ("data", ["segbench.data.synthetic"], ""),

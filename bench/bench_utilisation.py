@@ -5,15 +5,20 @@ denominator is the best dense-conv speed over the whole run (every model's round
 conv too), so a burst of load during one model's conv rounds does not flatter that model.
 
     python bench/bench_utilisation.py                  # the 10 models, config.yaml widths, 256x512, batch 2
-    python bench/bench_utilisation.py --quick          # fewer rounds, no channels_last trial
+    python bench/bench_utilisation.py --quick          # fewer rounds, no comparison of memory formats
     python bench/bench_utilisation.py --preset paper unet     # the papers' widths (slow)
+    python bench/bench_utilisation.py --size 128x256 --batch 4 --threads 1   # config.yaml's training step
 
-For every model under the target, its forward+backward step is profiled (torch.profiler,
-after a warm-up step) and its self CPU time split into convolutions, batch norm,
-dense kxk / 1x1 / grouped (depth-wise) convolutions, batch norm, element-wise,
+Each model is measured in the memory format config.yaml trains it in on a CPU
+(``train.channels_last``: the model entry's, else the global one; ``auto`` is NCHW on a
+CPU), printed as [channels_last] or [NCHW]. Unless ``--quick``, its step in the other
+format is timed in the same rounds, and a line says which format is faster, so the
+config's choice can be checked on the machine at hand.
+
+For every model under the target, its forward+backward step (in its config format) is
+profiled (torch.profiler, after a warm-up step) and its self CPU time split into dense
+kxk / 1x1 / grouped (depth-wise) convolutions, batch norm, element-wise,
 pooling/resampling and copies; the worst model's top operators are listed.
-A candidate fix is then timed in the same rounds: the model and its input in channels_last
-memory format (an option of the training loop, not of the models; nothing is changed here).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from benchlib import figure, header, show
 
 import torch
 
-from bench_models import CPU_PRESETS, CLASSES, bench_model, best_times, dense_conv_fns, train_fn
+from bench_models import CPU_PRESETS, CLASSES, bench_model, config_channels_last, in_format, train_fn
 from segbench.models import build_model
 
 MODELS = ["unet", "segnet", "deeplabv3", "deeplabv3_pac", "unet_xception", "segnet_mobilenet", "gradnet",
@@ -66,10 +71,7 @@ def profile_step(name: str, params: dict, batch: int, size: tuple[int, int], cha
     shape) and the top aten operators."""
     torch.manual_seed(0)
     model = build_model(name, CLASSES, **params).train()
-    x = torch.randn(batch, 3, *size)
-    if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    step = train_fn(model, x)
+    step = train_fn(*in_format(model, torch.randn(batch, 3, *size), channels_last))
     step()  # warm-up (allocator, mkldnn primitives)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         step()
@@ -84,18 +86,8 @@ def profile_step(name: str, params: dict, batch: int, size: tuple[int, int], cha
     return groups, top, total
 
 
-def channels_last_trial(name: str, params: dict, batch: int, size: tuple[int, int], rounds: int,
-                        flops_fb: float, conv_best: float = 0.0) -> dict:
-    torch.manual_seed(0)
-    m1 = build_model(name, CLASSES, **params).train()
-    m2 = build_model(name, CLASSES, **params).train().to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, *size)
-    conv_fns, _, conv_fb = dense_conv_fns(batch)
-    t = best_times({"conv_fb": conv_fns["conv_fb"], "nchw": train_fn(m1, x),
-                    "cl": train_fn(m2, x.contiguous(memory_format=torch.channels_last))}, rounds)
-    conv = max(conv_fb / t["conv_fb"], conv_best)
-    return {"nchw": flops_fb / t["nchw"] / conv, "cl": flops_fb / t["cl"] / conv,
-            "speedup": t["nchw"] / t["cl"], "nchw_ms": t["nchw"] * 1e3, "cl_ms": t["cl"] * 1e3}
+def fmt(channels_last: bool) -> str:
+    return "channels_last" if channels_last else "NCHW"
 
 
 def main(argv=None) -> int:
@@ -107,19 +99,30 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=None, help="timed rounds (best of; default 4, quick 2)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-trial", action="store_true", help="skip the channels_last trial of the misses")
+    ap.add_argument("--format", choices=["config", "nchw", "channels_last"], default="config",
+                    help="memory format of the measured step (default: config.yaml's train.channels_last)")
+    ap.add_argument("--no-compare", action="store_true",
+                    help="do not time the other memory format in the same rounds (--quick implies it)")
     a = ap.parse_args(argv)
     rounds = a.iterations or (2 if a.quick else 4)
+    compare = not (a.quick or a.no_compare)
     torch.set_num_threads(a.threads)
     size = tuple(int(v) for v in a.size.split("x"))
     names = a.names or MODELS
+    if a.format == "config":
+        formats = config_channels_last(names)
+    else:
+        formats = dict.fromkeys(names, a.format == "channels_last")
     header(f"Training utilisation at {a.size} (torch {torch.__version__}, {torch.get_num_threads()} threads, "
            f"batch {a.batch}, preset {a.preset}, best of {rounds}; ratio = model f+b GFLOP/s / dense 3x3 conv "
            f"128->128 @64x128 f+b GFLOP/s, timed in the same rounds, best over the run)")
+    print(f"  memory format ({'config.yaml train.channels_last on a CPU' if a.format == 'config' else '--format'}): "
+          f"channels_last for {', '.join(n for n in names if formats[n]) or 'none'}; "
+          f"NCHW for {', '.join(n for n in names if not formats[n]) or 'none'}", flush=True)
     figs, rows = [], []
     for name in names:
         params = CPU_PRESETS.get(name, {}) if a.preset == "cpu" else {}
-        rows.append((name, params, bench_model(name, params, a.batch, size, rounds)))
+        rows.append((name, params, bench_model(name, params, a.batch, size, rounds, formats[name], compare)))
         print(f"  timed {name}", flush=True)
     # the machine's dense-conv speed: the best of every model's same-round conv timings (a
     # burst of load during one model's conv rounds would otherwise flatter that model)
@@ -130,32 +133,42 @@ def main(argv=None) -> int:
     ratios = {}
     for name, params, r in rows:
         ratio = ratios[name] = r["gflops_fwd_bwd"] / conv
-        figs.append(show(figure(f"utilisation f+b {name}", ratio, "", ">=", TARGET,
-                                note=f"{r['gflop_fwd_bwd']:.1f} GFLOP in {r['fwd_bwd_s'] * 1e3:.0f} ms = "
-                                     f"{r['gflops_fwd_bwd']:.0f} GFLOP/s; fwd ratio {r['gflops_fwd'] / conv_f:.2f}")))
+        note = (f"{r['gflop_fwd_bwd']:.1f} GFLOP in {r['fwd_bwd_s'] * 1e3:.0f} ms = "
+                f"{r['gflops_fwd_bwd']:.0f} GFLOP/s; fwd ratio {r['gflops_fwd'] / conv_f:.2f}")
+        if compare:
+            note += (f"; {fmt(not formats[name])} {r['gflops_fwd_bwd_other'] / conv:.2f} in the same rounds "
+                     f"({r['fwd_bwd_other_s'] * 1e3:.0f} ms)")
+        figs.append(show(figure(f"utilisation f+b {name} [{fmt(formats[name])}]", ratio, "", ">=", TARGET,
+                                note=note)))
+    if compare:
+        print(f"\n  memory formats, f+b step in the same rounds (speed-up = NCHW time / channels_last time)")
+        for name, params, r in rows:
+            t_cl, t_nchw = ((r["fwd_bwd_s"], r["fwd_bwd_other_s"]) if formats[name]
+                            else (r["fwd_bwd_other_s"], r["fwd_bwd_s"]))
+            faster = t_cl < t_nchw
+            verdict = ("config agrees" if faster == formats[name] else
+                       f"config trains {fmt(formats[name])}, {fmt(faster)} is faster here")
+            figs.append(show(figure(f"  channels_last speed-up {name}", t_nchw / t_cl, "x",
+                                    note=f"NCHW {t_nchw * 1e3:.0f} ms, channels_last {t_cl * 1e3:.0f} ms; "
+                                         f"{verdict}")))
     rows = [(name, params, r, ratios[name]) for name, params, r in rows]
     misses = sorted((row for row in rows if row[3] < TARGET), key=lambda row: row[3])
     if misses:
-        print(f"\n  {len(misses)} model(s) under {TARGET}: self CPU time of one f+b step by operator group")
+        print(f"\n  {len(misses)} model(s) under {TARGET}: self CPU time of one f+b step (in its format) by "
+              "operator group")
         groups_seen = COLUMNS
         print("  " + f"{'model':<17}" + "".join(f"{g:>14}" for g in groups_seen))
         worst_top = None
         for name, params, _, _ in misses:
-            groups, top, total = profile_step(name, params, a.batch, size)
+            groups, top, total = profile_step(name, params, a.batch, size, formats[name])
             worst_top = worst_top or (name, top, total)
             print("  " + f"{name:<17}" + "".join(f"{groups.get(g, 0.0):>13.0%} " for g in groups_seen))
         name, top, total = worst_top
-        print(f"\n  worst: {name}; top operators of one f+b step (self CPU time, torch.profiler key_averages)")
+        print(f"\n  worst: {name} [{fmt(formats[name])}]; top operators of one f+b step (self CPU time, "
+              "torch.profiler key_averages)")
         for e in top[:12]:
             print(f"    {e.key:<40} {e.self_cpu_time_total / 1e3:>9.1f} ms {e.self_cpu_time_total / total:>6.1%} "
                   f"{e.count:>5} calls")
-        if not (a.quick or a.no_trial):
-            print("\n  candidate fix, timed in the same rounds: channels_last model + input (training loop option)")
-            for name, params, r, _ in misses:
-                t = channels_last_trial(name, params, a.batch, size, rounds, r["gflop_fwd_bwd"] * 1e9, conv * 1e9)
-                figs.append(show(figure(f"  utilisation f+b {name} with channels_last", t["cl"], "",
-                                        note=f"NCHW {t['nchw']:.2f} in this trial; step {t['nchw_ms']:.0f} -> "
-                                             f"{t['cl_ms']:.0f} ms ({t['speedup']:.2f}x)")))
     benchlib.write_json(a.json, "bench_utilisation", figs)
     return 0
 

@@ -143,3 +143,18 @@ def test_utilisation_groups_convolutions_by_weight_shape():
     assert bu.group_of("aten::native_batch_norm") == "batch norm"
     assert bu.group_of("aten::upsample_bilinear2d") == "pool/resample"
     assert bu.group_of("aten::mul") == "element-wise/other"
+
+
+def test_model_bench_presets_and_formats_follow_config_yaml():
+    """bench_models.CPU_PRESETS mirrors config.yaml's widths, and the utilisation benchmark
+    measures each model in the memory format config.yaml trains it in on a CPU."""
+    import bench_models as bm
+
+    from segbench.config import load_config
+
+    cfg = load_config(bm.CONFIG)
+    assert {n: cfg["models"][n].get("params", {}) for n in bm.CPU_PRESETS} == bm.CPU_PRESETS
+    formats = bm.config_channels_last(list(bm.CPU_PRESETS))
+    for name, channels_last in formats.items():
+        setting = (cfg["models"][name].get("train") or {}).get("channels_last", cfg["train"]["channels_last"])
+        assert channels_last is (setting is True), name

@@ -98,6 +98,35 @@ def test_overrides_resolve_in_order(raw):
     assert unet["epochs"] == raw["train"]["epochs"]
 
 
+@pytest.mark.parametrize("value", ["auto", True, False])
+def test_channels_last_accepts_auto_true_false(raw, value):
+    raw["train"]["channels_last"] = value
+    assert validate_config(raw)["train"]["channels_last"] == value
+
+
+@pytest.mark.parametrize("value", ["yes", "on", 1, None, "true"])
+def test_channels_last_rejects_other_values(raw, value):
+    raw["train"]["channels_last"] = value
+    assert "channels_last" in errors_of(raw)
+    bad = copy.deepcopy(raw)
+    del bad["train"]["channels_last"]
+    bad["models"]["unet"]["train"] = {"channels_last": value}
+    assert "models.unet.train" in errors_of(bad)
+
+
+def test_channels_last_defaults_to_auto_and_a_model_entry_overrides_it(raw):
+    plan = Plan(validate_config(copy.deepcopy(raw)))
+    assert plan.train_spec("synthetic", "unet")["channels_last"] == "auto"
+    raw["train"]["channels_last"] = False
+    raw["datasets"]["synthetic"]["train"] = {"channels_last": "auto"}
+    raw["models"]["unet"]["train"] = {"channels_last": True}
+    plan = Plan(validate_config(raw))
+    assert plan.train_spec("synthetic", "unet")["channels_last"] is True       # the model entry wins
+    assert plan.train_spec("synthetic", "segnet")["channels_last"] == "auto"   # then the dataset's
+    unet = plan.run_spec(plan.find_run("synthetic", "unet", "ce", 0))
+    assert unet["train"]["channels_last"] is True  # in the spec the job gets and run.json records
+
+
 def test_plan_trains_a_run_once_across_studies(raw):
     raw["studies"]["again"] = {"datasets": ["synthetic"], "models": ["unet"], "losses": ["ce"], "seeds": [0, 1]}
     plan = Plan(validate_config(raw))

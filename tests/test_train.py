@@ -1,5 +1,6 @@
 """Training is deterministic on CPU and resumes exactly from its last checkpoint."""
 
+import copy
 import csv
 import json
 
@@ -40,13 +41,15 @@ def test_same_spec_same_metrics(data_dir, tmp_path):
     assert record["run_key"] == "tiny/unet/ce/s0" and record["num_classes"] == 19
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_killed_run_resumes_from_checkpoint(data_dir, tmp_path, monkeypatch, workers):
-    """Bit for bit, also with DataLoader worker processes (the default config has one)."""
+@pytest.mark.parametrize("workers, channels_last", [(0, "auto"), (1, "auto"), (0, True)])
+def test_killed_run_resumes_from_checkpoint(data_dir, tmp_path, monkeypatch, workers, channels_last):
+    """Bit for bit, also with DataLoader worker processes (the default config has one) and
+    with channels_last weights and batches on the CPU (train.channels_last: true)."""
     import segbench.engine.train as train_mod
 
     spec = spec_for()
     spec["train"]["workers"] = workers
+    spec["train"]["channels_last"] = channels_last
     train_mod.train_run(spec, data_dir, tmp_path / "full", threads=1, progress=False)
 
     real_save = train_mod._save_checkpoint
@@ -64,10 +67,90 @@ def test_killed_run_resumes_from_checkpoint(data_dir, tmp_path, monkeypatch, wor
 
     record = train_mod.train_run(spec, data_dir, tmp_path / "killed", threads=1, progress=False)
     assert record["resumed_from_epoch"] == 1 and record["workers"] == workers
+    assert record["channels_last"] is (channels_last is True)
     assert history(tmp_path / "killed" / "history.csv") == history(tmp_path / "full" / "history.csv")
     wa = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
     wb = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _spy_on_memory_format(monkeypatch, module):
+    """Wrap ``module.build_model`` so that every model it builds records whether its
+    inputs arrive in channels_last; returns the list of (model, inputs' formats)."""
+    built = []
+    real = module.build_model
+
+    def build(*args, **kwargs):
+        model = real(*args, **kwargs)
+        seen = []
+        model.register_forward_pre_hook(
+            lambda _m, inputs: seen.append(inputs[0].is_contiguous(memory_format=torch.channels_last)
+                                           and not inputs[0].is_contiguous()))
+        built.append((model, seen))
+        return model
+
+    monkeypatch.setattr(module, "build_model", build)
+    return built
+
+
+def _conv_weights_channels_last(model) -> list[bool]:
+    return [p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
+
+
+@pytest.mark.parametrize("setting, expected", [("auto", False), (True, True), (False, False)])
+def test_channels_last_option_reaches_the_model_and_the_batches(data_dir, tmp_path, monkeypatch, setting,
+                                                                expected):
+    """train.channels_last on the CPU: auto and false train NCHW, true puts the weights and
+    every batch (training and validation) in channels_last; run.json records the format and
+    evaluation follows it."""
+    import segbench.engine.evaluate as eval_mod
+    import segbench.engine.train as train_mod
+
+    spec = spec_for()
+    spec["train"]["channels_last"] = setting
+    built = _spy_on_memory_format(monkeypatch, train_mod)
+    record = train_mod.train_run(spec, data_dir, tmp_path / "r", threads=1, progress=False)
+    (model, seen), = built
+    weights = _conv_weights_channels_last(model)
+    assert weights and all(w is expected for w in weights)
+    assert seen and all(s is expected for s in seen)  # 3 steps x 2 epochs + validation
+    assert record["channels_last"] is expected and record["config"]["train"]["channels_last"] == setting
+
+    built = _spy_on_memory_format(monkeypatch, eval_mod)
+    metrics = eval_mod.evaluate_run(tmp_path / "r", data_dir, batch_size=2, samples=1, threads=1, progress=False)
+    (model, seen), = built
+    assert metrics["channels_last"] is expected
+    assert all(w is expected for w in _conv_weights_channels_last(model))
+    assert seen and all(s is expected for s in seen)
+
+
+def test_channels_last_is_part_of_the_spec(data_dir, tmp_path):
+    """It changes the rounding, so a checkpoint of the other format is not resumed."""
+    from segbench.engine.train import train_run
+    from segbench.plan import spec_hash
+
+    spec = spec_for()
+    assert spec["train"]["channels_last"] == "auto"  # the default, filled in
+    other = copy.deepcopy(spec)
+    other["train"]["channels_last"] = True
+    assert spec_hash(spec) != spec_hash(other)
+    train_run(spec, data_dir, tmp_path / "r", threads=1, progress=False)
+    record = train_run(other, data_dir, tmp_path / "r", threads=1, progress=False)
+    assert record["resumed_from_epoch"] is None and record["channels_last"] is True
+
+
+def test_evaluation_of_an_older_record_resolves_the_setting_for_its_training_device():
+    from segbench.engine.common import trained_channels_last, use_channels_last
+
+    assert use_channels_last("auto", "cpu") is False and use_channels_last("auto", "cuda:0") is True
+    assert use_channels_last(True, "cpu") is True and use_channels_last(False, "cuda") is False
+    with pytest.raises(ValueError, match="channels_last"):
+        use_channels_last("yes", "cpu")
+    assert trained_channels_last({"channels_last": True, "device": "cpu"}) is True
+    assert trained_channels_last({"device": "cuda:0", "config": {"train": {}}}) is True  # before the option
+    assert trained_channels_last({"device": "cpu", "config": {"train": {}}}) is False
+    assert trained_channels_last({"device": "cpu", "config": {"train": {"channels_last": True}}}) is True
 
 
 def test_checkpoint_of_another_config_is_ignored(data_dir, tmp_path):

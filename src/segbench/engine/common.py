@@ -62,6 +62,29 @@ def setup_torch(threads: int | None, deterministic: bool | None = None) -> torch
     return device
 
 
+def use_channels_last(setting, device: torch.device | str) -> bool:
+    """Whether a job on ``device`` keeps weights and batches in channels_last (NHWC):
+    ``train.channels_last`` is ``auto`` (a GPU only; also for specs that predate the key),
+    ``true`` (any device) or ``false`` (never). Evaluation follows the run's training
+    (:func:`trained_channels_last`)."""
+    if setting is None or setting == "auto":
+        return torch.device(device).type == "cuda"
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"train.channels_last must be auto, true or false, not {setting!r}")
+
+
+def trained_channels_last(record: dict) -> bool:
+    """The memory format a run was trained in, from its run.json: the ``channels_last`` it
+    records, or (a record written before that field) its ``train.channels_last`` resolved
+    for the device it trained on."""
+    used = record.get("channels_last")
+    if isinstance(used, bool):
+        return used
+    setting = ((record.get("config") or {}).get("train") or {}).get("channels_last", "auto")
+    return use_channels_last(setting, str(record.get("device") or "cpu"))
+
+
 def _set_deterministic(mode: bool) -> None:
     """``torch.use_deterministic_algorithms(mode, warn_only=True)`` without its import of
     ``torch._inductor.config`` (about 1.2 s per job here, to set a flag for torch.compile,

@@ -1,7 +1,9 @@
 """Evaluation of a trained run on the val split: one pass, the checkpoint read once.
 
 The confusion matrix is accumulated on the model's device with one bincount per batch
-(:func:`segbench.metrics.confusion_matrix`); metrics follow REFERENCE.md §3.
+(:func:`segbench.metrics.confusion_matrix`); metrics follow REFERENCE.md §3. The model and
+the batches use the memory format the run was trained in (run.json's ``channels_last``; see
+``train.channels_last``), so evaluation rounds like the training's own validation.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from tqdm import tqdm
 
 from segbench.data import DataError
 from segbench.data.dataset import SegmentationDataset, pad_collate
-from segbench.engine.common import progress_kwargs, setup_torch
+from segbench.engine.common import progress_kwargs, setup_torch, trained_channels_last
 from segbench.io import atomic_path, read_json, write_json
 from segbench.metrics import confusion_matrix, scores
 from segbench.models import build_model
@@ -71,6 +73,9 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int =
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     device = setup_torch(threads)
     model, record = load_trained(run_dir, device)
+    channels_last = trained_channels_last(record)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     num_classes = record["num_classes"]
     meta_path = data_dir / "meta.json"
     if meta_path.is_file():
@@ -88,6 +93,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int =
     with torch.inference_mode():
         for images, labels, idx in tqdm(loader, desc="evaluate", unit="batch", **progress_kwargs(progress)):
             images, labels = images.to(device), labels.to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             pred = model(images).argmax(1)
             conf += confusion_matrix(pred, labels, num_classes)
             pixels += labels.numel()
@@ -108,6 +115,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int =
         "mDice": result["mDice"], "IoU": result["IoU"], "Acc": result["Acc"], "Dice": result["Dice"],
         "class_names": record["class_names"], "num_images": len(ds), "input_size": [h, w],
         "eval_seconds": seconds, "metric_mpixel_per_s": pixels / 1e6 / max(seconds, 1e-9),
+        "channels_last": channels_last,
     }
     with atomic_path(run_dir / "confusion.npy") as tmp:
         with open(tmp, "wb") as f:

@@ -6,8 +6,12 @@ resumed from the checkpoint of epoch e continues exactly as an uninterrupted one
 
 On a GPU a job trains with AMP (float16 autocast + gradient scaling, ``train.amp``),
 channels_last tensors (faster convolutions on tensor cores) and cudnn.benchmark (see
-:func:`segbench.engine.common.setup_torch`). DataLoader workers follow the job's CPUs
-(:func:`loader_workers`).
+:func:`segbench.engine.common.setup_torch`). ``train.channels_last`` picks the memory format
+of the weights and the input batches (:func:`segbench.engine.common.use_channels_last`):
+``auto`` (default) channels_last on a GPU only, ``true`` on a CPU too (faster for most
+convolutional models here; as deterministic and resumable bit for bit as NCHW), ``false``
+never; run.json records the format used and evaluation follows it. DataLoader workers
+follow the job's CPUs (:func:`loader_workers`).
 
 Files (docs/outputs.md): ``ckpt/last.pt`` after every epoch (not a declared output; a
 checkpoint whose config hash differs from the spec's is ignored), then the declared
@@ -47,7 +51,7 @@ from segbench import IGNORE_INDEX
 from segbench.data import DataError
 from segbench.data.dataset import SegmentationDataset, pad_collate, seed_worker
 from segbench.data.transforms import train_transform
-from segbench.engine.common import job_cpus, progress_kwargs, setup_torch
+from segbench.engine.common import job_cpus, progress_kwargs, setup_torch, use_channels_last
 from segbench.io import atomic_path, read_json, remove_stale_temps, write_json, write_text
 from segbench.losses import build_loss
 from segbench.metrics import confusion_matrix, scores
@@ -177,13 +181,14 @@ def _history_csv(history: list[dict]) -> str:
 
 
 @torch.no_grad()
-def validate(model, loader, loss_fn, num_classes, device, amp: bool) -> tuple[float, dict]:
+def validate(model, loader, loss_fn, num_classes, device, amp: bool,
+             channels_last: bool = False) -> tuple[float, dict]:
     model.eval()
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     total, pixels = 0.0, 0
     for images, labels, _ in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if device.type == "cuda":
+        if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(images)
@@ -200,6 +205,7 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
     tr = spec["train"]
     device = setup_torch(threads or tr.get("threads"))
     amp = bool(tr.get("amp")) and device.type == "cuda"
+    channels_last = use_channels_last(tr.get("channels_last", "auto"), device)
     meta = read_json(data_dir / "meta.json")
     num_classes = int(meta["num_classes"])
     if num_classes != spec["dataset"]["num_classes"]:
@@ -233,7 +239,7 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
         # the same initial weights on a rebuild (after a checkpoint that failed to load)
         torch.set_rng_state(init_rng)
         model = build_model(spec["model"]["arch"], num_classes, **spec["model"]["params"]).to(device)
-        if device.type == "cuda":
+        if channels_last:
             model = model.to(memory_format=torch.channels_last)
         opt = make_optimizer(model, tr)
         sched = make_scheduler(opt, tr, epochs * steps_per_epoch)
@@ -282,7 +288,7 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
     del state
 
     print(f"training {spec['run_key']} on {device} ({torch.get_num_threads()} threads, {workers} loader workers"
-          f"{', AMP' if amp else ''}): "
+          f"{', AMP' if amp else ''}{', channels_last' if channels_last else ''}): "
           f"{len(train_ds)} train / {len(val_ds)} val images, {epochs} epochs"
           f"{'' if on_nonfinite == 'stop' else f', on_nonfinite={on_nonfinite}'}", flush=True)
     max_skipped = int(MAX_SKIPPED_FRACTION * steps_per_epoch)
@@ -300,7 +306,7 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
         for step, (images, labels, idx) in enumerate(bar):
             global_step = epoch * steps_per_epoch + step + 1
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if device.type == "cuda":
+            if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             if on_nonfinite == "skip":
                 # a skipped batch must leave no trace: its forward pass updates BN statistics
@@ -351,7 +357,7 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
                "train_mIoU": train_scores["mIoU"], "train_aAcc": train_scores["aAcc"],
                "lr": opt.param_groups[0]["lr"], "skipped_batches": skipped}
         if (epoch + 1) % tr["val_every"] == 0 or epoch + 1 == epochs:
-            val_loss, val_scores = validate(model, val_loader, loss_fn, num_classes, device, amp)
+            val_loss, val_scores = validate(model, val_loader, loss_fn, num_classes, device, amp, channels_last)
             row.update(val_loss=val_loss, val_mIoU=val_scores["mIoU"], val_aAcc=val_scores["aAcc"])
         row["epoch_seconds"] = time.time() - t0
         row["time"] = time.time()
@@ -375,6 +381,7 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
         "loss": spec["loss"]["name"], "seed": seed, "config": spec, "config_hash": chash,
         "num_classes": num_classes, "class_names": meta["class_names"], "palette": meta["palette"],
         "device": str(device), "threads": torch.get_num_threads(), "workers": workers, "amp": amp,
+        "channels_last": channels_last,
         "epochs": epochs, "on_nonfinite": on_nonfinite,
         "skipped_batches": sum(int(r.get("skipped_batches") or 0) for r in history),
         "train_seconds": sum(r["epoch_seconds"] for r in history),

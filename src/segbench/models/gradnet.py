@@ -90,25 +90,26 @@ def gra(x: torch.Tensor, window: int = 3, stride: int = 1, lam: float = 1.0) -> 
     xp = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
     hp, wp = xp.shape[-2:]
     with torch.no_grad():
-        # Algorithm 1, the gate: the spread max - min of every window below lambda
+        # Algorithm 1, the gate: the spread max - min of every window below lambda (1.0 where
+        # open, 0.0 where closed; computed in place, no intermediate maps)
         xd = xp.detach()
         wmax = _sliding(_sliding(xd, k, 2, torch.maximum), k, 3, torch.maximum)[..., ::l, ::l]
         wmin = _sliding(_sliding(xd, k, 2, torch.minimum), k, 3, torch.minimum)[..., ::l, ::l]
-        gate = (wmax - wmin < lam).to(x.dtype)                                  # [N, C, nh, nw]
+        gate = wmax.sub_(wmin).lt_(lam)                                          # [N, C, nh, nw]
         nh, nw = gate.shape[-2:]
         # S(p): open windows in which p has a defined difference (p not in their last row or
-        # column): put each gate at its window's top-left, sum over (K-1) x (K-1) blocks
-        tops = xd.new_zeros(n, c, hp - 1, wp - 1)
-        tops[..., :(nh - 1) * l + 1:l, :(nw - 1) * l + 1:l] = gate
-        tops = F.pad(tops, (k - 2, 0, k - 2, 0))
+        # column): put each gate at its window's top-left (in a map already padded by K - 2
+        # at the top and left), sum over (K-1) x (K-1) blocks
+        tops = xd.new_zeros(n, c, hp + k - 3, wp + k - 3)
+        tops[..., k - 2:k - 2 + (nh - 1) * l + 1:l, k - 2:k - 2 + (nw - 1) * l + 1:l] = gate
         open_count = _sliding(_sliding(tops, k - 1, 2, torch.add), k - 1, 3, torch.add)  # [N, C, hp-1, wp-1]
         # N(p): windows covering p (Algorithm 2's halving, generalised); col2im of ones
         cover = F.fold(torch.ones(1, k * k, nh * nw, dtype=x.dtype, device=x.device), (hp, wp), k, stride=l)
-        weight = F.pad(open_count, (0, 1, 0, 1)) / cover
+        weight = open_count.div_(cover[..., :-1, :-1])        # the last row and column weigh 0
     # Algorithm 1, the feature: second-order difference P(k+1, c) + P(k, c+1) - 2 P(k, c)
-    d = xp[..., 1:, :-1] + xp[..., :-1, 1:] - 2 * xp[..., :-1, :-1]
-    d = F.pad(d, (0, 1, 0, 1))
-    return (d * weight)[..., :h, :w]
+    # (x - 2y as one sub with alpha=2: 2y is exact, so the same rounding as x - 2 * y)
+    d = torch.sub(xp[..., 1:, :-1] + xp[..., :-1, 1:], xp[..., :-1, :-1], alpha=2)
+    return F.pad(d * weight, (0, 1, 0, 1))[..., :h, :w]
 
 
 class GraLayer(nn.Module):
@@ -165,6 +166,6 @@ class GraDNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, 32, "gradnet")
         f = self.conv1(x)
-        f = f + f * self.gra(f)                  # residual fusion of the gradient features
+        f = torch.addcmul(f, f, self.gra(f))     # residual fusion of the gradient features: F + F * G
         y = self.conv16(self.pool(self.stages(f)))
         return upsample_like(y, x.shape[-2:])

@@ -23,6 +23,11 @@ Interpretations:
   U-Net-vs-SegNet comparison imply; ``skips=False`` is the Keras example exactly.
 - Keras' stride-1 "same" Conv2DTranspose is a 3x3 transposed convolution with padding 1.
 - Kaiming initialisation (Keras uses Glorot-uniform).
+
+Implementation: an up block adds its shortcut before the nearest up-sampling (the same
+function as the Keras order, see ``UpBlock.forward``), so its 1x1 shortcut conv runs at the
+block's input resolution; counted MACs are those of this order (about 17% fewer than the
+Keras order's at width 16, all in the up blocks' shortcuts).
 """
 
 from __future__ import annotations
@@ -61,8 +66,11 @@ class UpBlock(nn.Module):
         self.residual = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(self.body(x), scale_factor=2, mode="nearest")
-        return up + self.residual(F.interpolate(x, scale_factor=2, mode="nearest"))
+        # Keras: up(body(x)) + conv1x1(up(x)). Nearest up-sampling copies each pixel to a 2x2
+        # block, and a 1x1 conv and a sum act pixel by pixel, so conv1x1(up(x)) = up(conv1x1(x))
+        # and up(a) + up(b) = up(a + b): the same function with the 1x1 conv and the sum on a
+        # quarter of the pixels and one up-sampling of cout channels instead of two (cin + cout)
+        return F.interpolate(self.body(x) + self.residual(x), scale_factor=2, mode="nearest")
 
 
 class UNetXception(nn.Module):

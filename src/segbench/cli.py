@@ -147,11 +147,14 @@ def cmd_profile(a) -> int:
     from segbench.profiling import profile_model
 
     spec = a.model_spec
+    channels_last = {"auto": "auto", "true": True, "false": False}[a.channels_last]
     result = profile_model(spec["arch"], spec.get("params", {}), a.classes, a.size, warmup=a.warmup,
-                           iterations=a.iterations, threads=a.threads, name=spec.get("name"))
+                           iterations=a.iterations, threads=a.threads, name=spec.get("name"),
+                           channels_last=channels_last)
     write_json(a.out, result)
     print(f"{result['model']} at {a.size[0]}x{a.size[1]}: {result['params'] / 1e6:.2f}M params, "
-          f"{result['macs'] / 1e9:.2f} GMACs, {result['size_mb']:.1f} MB, {result['fps']:.1f} fps on {result['device']}")
+          f"{result['macs'] / 1e9:.2f} GMACs, {result['size_mb']:.1f} MB, {result['fps']:.1f} fps on {result['device']}"
+          f"{' (channels_last)' if result['channels_last'] else ''}")
     return 0
 
 
@@ -405,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--warmup", type=int, default=3)
     sp.add_argument("--iterations", type=int, default=10)
+    sp.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto",
+                    help="memory format (as train.channels_last): auto = channels_last on a GPU only")
     sp.add_argument("--threads", type=int)
 
     def tracking_args(sp, out_required=False):

@@ -179,6 +179,12 @@ class Plan:
         m = self.cfg["models"][model]
         return {"name": model, "arch": m["arch"], "params": copy.deepcopy(m.get("params") or {})}
 
+    def profile_channels_last(self, model: str):
+        """The memory format a profile times the model in: the model's training format
+        (``train.channels_last``, the model entry's over the global one; a profile is shared by
+        every dataset, so a dataset's own setting does not apply)."""
+        return {**self.cfg["train"], **(self.cfg["models"][model].get("train") or {})}.get("channels_last", "auto")
+
     def summary(self) -> str:
         lines = [f"{len(self.runs)} runs in {len(self.studies)} studies"]
         for study, runs in self.studies.items():

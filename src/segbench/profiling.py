@@ -7,7 +7,8 @@
   "GFLOPs" are MACs (fvcore's convention, REFERENCE.md §1);
 - size_mb: the fp32 state_dict as saved by ``torch.save``, in 10^6 bytes;
 - fps: batch 1, ``warmup`` untimed passes, then ``iterations`` timed passes with the
-  device synchronised before and after; preprocessing is outside the timer (§3).
+  device synchronised before and after; preprocessing is outside the timer (§3); in the
+  memory format the model trains in (``train.channels_last``, recorded as ``channels_last``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from segbench.engine.common import setup_torch, synchronize
+from segbench.engine.common import setup_torch, synchronize, use_channels_last
 from segbench.models import build_model
 from segbench.models.common import count_parameters
 
@@ -33,8 +34,10 @@ def count_macs(model: torch.nn.Module, size: tuple[int, int], in_channels: int =
 
 
 def profile_model(arch: str, params: dict, num_classes: int, size: tuple[int, int], *, warmup: int = 3,
-                  iterations: int = 10, threads: int | None = None, name: str | None = None) -> dict:
+                  iterations: int = 10, threads: int | None = None, name: str | None = None,
+                  channels_last: bool | str = "auto") -> dict:
     device = setup_torch(threads, deterministic=False)
+    nhwc = use_channels_last(channels_last, device)
     model = build_model(arch, num_classes, **params).eval()
     n_params = count_parameters(model)  # without train-only heads (e.g. FRM's embedding head)
     buf = io.BytesIO()
@@ -42,6 +45,8 @@ def profile_model(arch: str, params: dict, num_classes: int, size: tuple[int, in
     macs = count_macs(model, size)
     model = model.to(device)
     x = torch.randn(1, 3, *size, device=device)
+    if nhwc:  # the format the model trains and is evaluated in
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         for _ in range(warmup):
             model(x)
@@ -56,5 +61,5 @@ def profile_model(arch: str, params: dict, num_classes: int, size: tuple[int, in
         "input_size": list(size), "params": n_params, "macs": macs, "size_mb": buf.getbuffer().nbytes / 1e6,
         "fps": iterations / seconds, "fps_batch": 1, "warmup": warmup, "iterations": iterations,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "channels_last": nhwc,
     }

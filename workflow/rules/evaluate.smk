@@ -36,6 +36,7 @@ rule profile:
         "results/profiles/{model}-c{classes}-{height}x{width}.json",
     params:
         spec=lambda w: json.dumps(PLAN.model_spec(w.model), sort_keys=True),
+        channels_last=lambda w: str(PLAN.profile_channels_last(w.model)).lower(),
         warmup=CFG["profile"]["warmup"],
         iterations=CFG["profile"]["iterations"],
     log:
@@ -58,4 +59,5 @@ rule profile:
     shell:
         "python -m segbench profile --model-spec {params.spec:q} --classes {wildcards.classes} "
         "--size {wildcards.height}x{wildcards.width} --warmup {params.warmup} "
-        "--iterations {params.iterations} --threads {threads} --out {output} > {log} 2>&1"
+        "--iterations {params.iterations} --channels-last {params.channels_last} --threads {threads} "
+        "--out {output} > {log} 2>&1"

@@ -228,3 +228,22 @@ def stop_forkserver():
         proc.kill()
         proc.wait()
     shutil.rmtree(FORKSERVER.pop("folder"), ignore_errors=True)
+
+
+# -- the order jobs start in (Snakemake runs the highest priority first among those ready):
+# data first (everything waits on it), then the short steps as soon as they can run
+# (profiles, evaluations, MLflow, reports: results appear as runs finish), then the
+# trainings, longest first (segbench.schedule: the last to finish is then a short one)
+PRIORITY_DATA = 20000
+PRIORITY_STEP = 10000  # above any training's (segbench.schedule.HIGH)
+_TRAIN_PRIORITIES = {}
+
+
+def train_priority(w):
+    if workflow.dryrun or not workflow.local_exec:
+        return 0  # no order to choose (a dry run) or the cluster's scheduler chooses it
+    if not _TRAIN_PRIORITIES:
+        from segbench.schedule import train_priorities
+
+        _TRAIN_PRIORITIES.update(train_priorities(PLAN, ".snakemake/segbench/train_macs.json"))
+    return _TRAIN_PRIORITIES[run_of(w).key]

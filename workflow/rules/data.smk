@@ -4,6 +4,7 @@
 
 
 rule generate_synthetic:
+    priority: PRIORITY_DATA
     output:
         directory("results/data/{dataset}/raw"),
     params:
@@ -26,6 +27,7 @@ rule generate_synthetic:
 # .partial/{archive}) and the next run continues it. Cityscapes' login comes from the
 # environment or the file named by download.credentials; it never appears in a command or log.
 rule download_archive:
+    priority: PRIORITY_DATA
     output:
         "results/downloads/{source}/{archive}",
     wildcard_constraints:
@@ -51,6 +53,7 @@ rule download_archive:
 
 # A mismatch deletes the archive (the next run downloads it again) and shows both MD5s.
 rule verify_archive:
+    priority: PRIORITY_DATA
     input:
         "results/downloads/{source}/{archive}",
     output:
@@ -77,6 +80,7 @@ rule verify_archive:
 
 # Refuses absolute paths, '..' and links leading out; checks the free space first.
 rule extract_archives:
+    priority: PRIORITY_DATA
     input:
         archives=_archives,
         verified=_verified,
@@ -100,6 +104,7 @@ rule extract_archives:
 
 # The synthetic dataset (generated above).
 rule prepare:
+    priority: PRIORITY_DATA
     input:
         unpack(_prepare_input),
     output:
@@ -130,6 +135,7 @@ rule prepare:
 # A real dataset, from `root:` or from results/raw/{source}; split sizes are checked
 # against the published counts unless `allow_partial: true`.
 rule prepare_dataset:
+    priority: PRIORITY_DATA
     input:
         unpack(_prepare_input),
     output:

@@ -2,6 +2,7 @@
 
 
 rule evaluate:
+    priority: PRIORITY_STEP
     input:
         model=f"{RUN_DIR}/model.pt",
         run=f"{RUN_DIR}/run.json",
@@ -32,6 +33,7 @@ rule evaluate:
 
 
 rule profile:
+    priority: PRIORITY_STEP
     output:
         "results/profiles/{model}-c{classes}-{height}x{width}.json",
     params:

@@ -39,6 +39,7 @@ def _report_rule_inputs(study):
 for _study in PLAN.studies:
 
     rule:
+        priority: PRIORITY_STEP
         name:
             f"report_{rule_safe(_study)}"
         input:

@@ -3,6 +3,7 @@
 
 
 rule train:
+    priority: train_priority
     input:
         manifest="results/data/{dataset}/manifest.csv",
         meta="results/data/{dataset}/meta.json",

@@ -33,7 +33,7 @@ rule evaluate:
 
 
 rule profile:
-    priority: PRIORITY_STEP
+    priority: PRIORITY_PROFILE
     output:
         "results/profiles/{model}-c{classes}-{height}x{width}.json",
     params:

@@ -50,12 +50,12 @@ def _alive(pid: int) -> bool:
 
 class ForkServer:
     def __init__(self, *args, entry="forkserver_entry:run", preload=("forkserver_entry",), parent=None,
-                 wait=True, env=None, later=()):
+                 wait=True, env=None):
         self.dir = Path(tempfile.mkdtemp(prefix="fs-"))  # short: a Unix socket path has 108 bytes
         self.sock = self.dir / "fs.sock"
         self.log = self.dir / "server.log"
         cmd = [sys.executable, "-m", "segbench.forkserver", "--socket", str(self.sock), "--entry", entry,
-               "--preload", *preload, "--preload-later", *later, *(["--parent", str(parent)] if parent else []), *args]
+               "--preload", *preload, *(["--parent", str(parent)] if parent else []), *args]
         with open(self.log, "w") as f:
             self.proc = subprocess.Popen(cmd, env=_env(**(env or {})), stdout=f, stderr=subprocess.STDOUT,
                                          cwd=self.dir)
@@ -189,8 +189,7 @@ def test_the_server_goes_away_with_its_parent(tmp_path):
     # a parent that starts the server, reports its pid and then waits to be killed
     starter = ("import subprocess, sys, os, time; "
                "p = subprocess.Popen([sys.executable, '-m', 'segbench.forkserver', '--socket', sys.argv[1], "
-               "'--preload', 'json', '--preload-later', '--parent', str(os.getpid())]); print(p.pid, flush=True); "
-               "time.sleep(120)")
+               "'--preload', 'json', '--parent', str(os.getpid())]); print(p.pid, flush=True); time.sleep(120)")
     folder = Path(tempfile.mkdtemp(prefix="fs-"))
     try:
         sock = folder / "fs.sock"
@@ -222,17 +221,6 @@ def test_real_steps_through_the_command_line():
         r = subprocess.run([sys.executable, "-m", "segbench", "generate", "--help"], env=env, capture_output=True,
                            text=True)
         assert r.returncode == 0 and "segbench generate" not in s.log.read_text()
-    finally:
-        s.stop()
-
-
-def test_modules_imported_later_arrive_between_jobs():
-    s = ForkServer(later=("json.tool", "no_such_module_anywhere"))
-    try:
-        _wait_for(lambda: "imported the rest" in s.log.read_text(), timeout=30, what="the later imports")
-        log = s.log.read_text()
-        assert "could not preload no_such_module_anywhere" in log  # reported, not fatal
-        assert s.client("echo", "still serving").stdout == "still serving\n"
     finally:
         s.stop()
 

@@ -55,15 +55,12 @@ import traceback
 
 ENV = "SEGBENCH_FORKSERVER"  # the socket's path; set by the Snakefile's onstart for its jobs
 
-# imported before the server listens: every segbench module (torch, albumentations, ...)
-PRELOAD = ("segbench.*",)
-# imported once it listens, one module at a time while no job is asking: what steps import
-# lazily. torch._dynamo (every optimizer's constructor imports it: 2 s of each training job
-# otherwise), MLflow's sqlite store with its migrations (3 s of a track job otherwise),
-# matplotlib's pyplot. A job forked before one of them is in imports it itself.
-PRELOAD_LATER = ("torch._dynamo", "multiprocessing.synchronize", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
-                 "mlflow.store.db.utils", "alembic.command", "alembic.config", "alembic.migration",
-                 "sqlalchemy.dialects.sqlite", "matplotlib.pyplot")
+# every segbench module ("segbench.*"), and what its steps import lazily: torch._dynamo (the
+# optimizers' constructors import it: 2 s of every training job otherwise), MLflow's sqlite
+# store with its migrations (3 s of a track job otherwise), matplotlib's pyplot
+PRELOAD = ("segbench.*", "torch._dynamo", "multiprocessing.synchronize", "mlflow",
+           "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "alembic.command", "alembic.config",
+           "alembic.migration", "sqlalchemy.dialects.sqlite", "matplotlib.pyplot")
 _NEVER = {"segbench.__main__", "segbench.forkserver"}  # __main__ would run the command line
 STARTUP_WAIT = 120.0  # seconds a job waits for a server that is still importing
 ENTRY = "segbench.cli:run"  # what the child calls with argv[1:]
@@ -297,7 +294,7 @@ def _finish() -> None:
 
 
 class Server:
-    def __init__(self, path: str, parent: int | None, entry: str = ENTRY, log=None, later=()):
+    def __init__(self, path: str, parent: int | None, entry: str = ENTRY, log=None):
         self.path = path
         self.parent = parent
         self.entry = _resolve(entry)
@@ -306,8 +303,6 @@ class Server:
         self.sel = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
         self.draining = False
-        self.later = list(later)  # modules still to import between jobs
-        self.later_s = 0.0
 
     def say(self, msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} forkserver[{os.getpid()}]: {msg}", file=self.log, flush=True)
@@ -349,29 +344,17 @@ class Server:
                     self.stop_listening()
                 if self.listener is None and not self.children:
                     break
-                events = self.sel.select(timeout=0 if self.later else 0.2)
-                for key, _ in events:
+                for key, _ in self.sel.select(timeout=0.2):
                     if key.data == "listen":
                         self.accept()
                     else:
                         self.from_client(key.data)
                 self.reap()
-                if self.later and not events:
-                    self.import_next()
         finally:
             self.stop_listening()
             for pid in list(self.children):
                 self.kill(pid)
             self.say("stopped")
-
-    def import_next(self) -> None:
-        name = self.later.pop(0)
-        t = time.perf_counter()
-        for problem in preload([name]):
-            self.say(f"could not preload {problem}; jobs import it themselves")
-        self.later_s += time.perf_counter() - t
-        if not self.later:
-            self.say(f"imported the rest in {self.later_s:.1f} s between jobs ({len(sys.modules)} modules in all)")
 
     def accept(self) -> None:
         conn, _ = self.listener.accept()
@@ -499,13 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m segbench.forkserver", description=__doc__.splitlines()[0])
     ap.add_argument("--socket", required=True, help="the Unix socket's path (its folder should be private)")
     ap.add_argument("--parent", type=int, help="exit when this process (the parent) is gone")
-    ap.add_argument("--preload", nargs="*", default=list(PRELOAD), help="modules to import before serving "
-                    "(PACKAGE.* = every module of PACKAGE)")
-    ap.add_argument("--preload-later", nargs="*", default=list(PRELOAD_LATER),
-                    help="modules to import once serving, between jobs")
+    ap.add_argument("--preload", nargs="*", default=list(PRELOAD), help="modules to import before serving")
     ap.add_argument("--entry", default=ENTRY, help="MODULE:FUNCTION the child calls with argv[1:]")
     a = ap.parse_args(argv)
-    server = Server(a.socket, a.parent, a.entry, later=a.preload_later)
+    server = Server(a.socket, a.parent, a.entry)
     t = time.perf_counter()
     failed = preload(a.preload)
     threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else -1

@@ -231,12 +231,12 @@ def stop_forkserver():
 
 
 # -- the order jobs start in (Snakemake runs the highest priority first among those ready):
-# profiles (each takes every core: free together only at the start), data (everything
-# waits on it), the short steps as soon as they can run (evaluations, MLflow, reports:
-# results appear as runs finish), and the trainings, longest first (segbench.schedule: the
-# last to finish is then a short one)
-PRIORITY_PROFILE = 100000  # first: a profile takes every core, which are all free only at the start
-PRIORITY_DATA = 40000
+# data (everything waits on it; it needs no fork server, which imports meanwhile), profiles
+# (each takes every core, free together only before the trainings start), the short steps
+# as soon as they can run (evaluations, MLflow, reports: results appear as runs finish), and
+# the trainings, longest first (segbench.schedule: the last to finish is then a short one)
+PRIORITY_DATA = 100000
+PRIORITY_PROFILE = 50000
 PRIORITY_STEP = 10000  # above any training's (segbench.schedule.HIGH)
 _TRAIN_PRIORITIES = {}
 

@@ -242,7 +242,7 @@ def _child(request: dict, fds: list[int], entry) -> None:
     code = 1
     try:
         os.setsid()
-        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD, signal.SIGPIPE):
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD):
             signal.signal(s, signal.SIG_DFL)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as CPython sets it at start-up
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -9,21 +9,21 @@ from conftest import MINIMAL_CONFIG
 from segbench.cli import main
 
 
-@pytest.mark.parametrize("flag, expected", [("true", True), ("false", False), ("auto", False)])  # auto: no GPU here
-def test_profile_records_the_memory_format_it_timed(tmp_path, flag, expected, capsys):
-    out = tmp_path / "p.json"
+def profile(tmp_path, flag: str) -> dict:
+    out = tmp_path / f"{flag}.json"
     spec = json.dumps({"arch": "unet", "params": {"width": 4}})
     assert main(["profile", "--model-spec", spec, "--classes", "3", "--size", "32x64", "--out", str(out),
                  "--warmup", "0", "--iterations", "1", "--threads", "1", "--channels-last", flag]) == 0
-    p = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("flag, expected", [("true", True), ("false", False), ("auto", False)])  # auto: no GPU here
+def test_profile_records_the_memory_format_it_timed(tmp_path, flag, expected, capsys):
+    p = profile(tmp_path, flag)
     assert p["channels_last"] is expected
     assert ("(channels_last)" in capsys.readouterr().out) is expected
     # the format changes the timing only: parameters and MACs are the model's
-    ref = json.loads(out.read_text()) if flag == "false" else None
-    if ref is None:
-        main(["profile", "--model-spec", spec, "--classes", "3", "--size", "32x64", "--out", str(tmp_path / "q.json"),
-              "--warmup", "0", "--iterations", "1", "--threads", "1", "--channels-last", "false"])
-        ref = json.loads((tmp_path / "q.json").read_text())
+    ref = p if flag == "false" else profile(tmp_path, "false")
     assert (p["params"], p["macs"]) == (ref["params"], ref["macs"])
 
 

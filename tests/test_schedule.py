@@ -66,7 +66,9 @@ def test_priorities_put_the_costliest_first(cfg, tmp_path):
 def test_the_counts_are_cached(cfg, tmp_path, monkeypatch):
     cache = tmp_path / "macs.json"
     first = schedule.train_costs(plan_of(cfg), cache)
-    assert len(json.loads(cache.read_text())) == 2  # two distinct (arch, params, classes, crop)
+    written = json.loads(cache.read_text())
+    assert len(written["counts"]) == 2  # two distinct (arch, params, classes, crop)
+    assert written["models_fingerprint"] == schedule.models_fingerprint()
 
     def no_counting(*a, **k):
         raise AssertionError("counted again although cached")
@@ -83,3 +85,45 @@ def test_real_datasets_count_their_published_train_split():
     assert schedule.train_images({"source": "voc"}) == 10582  # trainaug
     assert schedule.train_images({"source": "voc", "trainaug": False}) == 1464
     assert schedule.train_images({"source": "bdd100k"}) == 7000
+
+
+def test_counts_made_by_other_model_code_are_not_used(cfg, tmp_path, monkeypatch):
+    cache = tmp_path / "macs.json"
+    first = schedule.train_costs(plan_of(cfg), cache)
+    data = json.loads(cache.read_text())
+    data["counts"] = {k: [1, 1, 1] for k in data["counts"]}  # what other code would have counted
+    data["models_fingerprint"] = "0" * 64
+    cache.write_text(json.dumps(data))
+    assert schedule.train_costs(plan_of(cfg), cache) == first  # recounted
+    assert json.loads(cache.read_text())["models_fingerprint"] == schedule.models_fingerprint()
+
+
+def test_the_shipped_counts_cover_the_shipped_configs_and_are_current(monkeypatch):
+    """A fresh checkout's first run counts nothing: every run of config.yaml and paper.yaml is in
+    segbench/schedule_counts.json, made by the current model code (else: `make schedule-counts`),
+    and two of its entries equal a fresh count."""
+    from pathlib import Path
+
+    from segbench.config import load_config
+    from segbench.plan import Plan
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = json.loads(schedule.SHIPPED.read_text())
+    assert shipped["models_fingerprint"] == schedule.models_fingerprint(), \
+        "the model code changed since src/segbench/schedule_counts.json was written: run `make schedule-counts`"
+    plans = [Plan(load_config(root / "config.yaml")), Plan(load_config(root / "workflow" / "configs" / "paper.yaml"))]
+    for plan in plans:
+        missing = {schedule.work_key(plan, r) for r in plan.runs} - set(shipped["counts"])
+        assert not missing, f"not in schedule_counts.json (run `make schedule-counts`): {sorted(missing)}"
+
+    def no_counting(*a, **k):
+        raise AssertionError("counted although shipped")
+    monkeypatch.setattr(schedule, "count_work", no_counting)
+    for plan in plans:
+        schedule.train_costs(plan, None)  # from the shipped table alone
+    monkeypatch.undo()
+    default = plans[0]
+    for model in ("unet", "van_fpn_frm"):
+        run = next(r for r in default.runs if r.model == model)
+        key = schedule.work_key(default, run)
+        assert schedule.count_work(*json.loads(key)) == shipped["counts"][key]

@@ -485,10 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     return run(argv)
 
 
-# the steps that import torch, mlflow or matplotlib, and run many times: a fork server runs
-# them. Data steps stay in their own process (a download may prompt for a login), and so does
-# track-init, run once at the very start, while the server is still importing.
-_DELEGATED = frozenset({"train", "evaluate", "profile", "track", "track-study", "sync", "report"})
+# the steps that import torch, mlflow or matplotlib: a fork server runs them. Data steps
+# stay in their own process (a download may prompt for a login).
+_DELEGATED = frozenset({"train", "evaluate", "profile", "track-init", "track", "track-study", "sync", "report"})
 
 
 def run(argv: list[str]) -> int:

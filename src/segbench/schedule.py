@@ -18,13 +18,19 @@ per-operator overhead:
 within about 15% of each; MACs alone would put the depth-wise VAN models, 4x more operators
 per MAC, far too late), times the train images of an epoch, times the epochs. The counts are
 cached in a JSON file keyed by the model entry, classes and crop, so a later invocation
-imports no torch for it. Only the order depends on the estimate; no result does.
+imports no torch for it. The counts of every model of the configs this repository ships
+(config.yaml, workflow/configs/*.yaml) come with the package (schedule_counts.json, written by
+``python -m segbench.schedule``), so that a fresh checkout's first run does not spend 5 s
+importing torch in Snakemake's own process either; both are keyed by a fingerprint of the
+model code and ignored once it changes. Only the order depends on the estimate; no result does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from segbench.io import atomic_path
@@ -46,6 +52,39 @@ def train_images(dataset: dict) -> int:
 
 def _key(arch: str, params: dict, classes: int, crop) -> str:
     return json.dumps([arch, params, classes, list(crop)], sort_keys=True)
+
+
+SHIPPED = Path(__file__).with_name("schedule_counts.json")
+
+
+def models_fingerprint() -> str:
+    """sha256 of the model code (every .py under segbench/models): counts made by other code
+    are not used."""
+    root = Path(__file__).with_name("models")
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def read_counts(path: Path, fingerprint: str) -> dict[str, list[int]]:
+    """The counts in ``path`` if they were made by the current model code, else none (a missing,
+    damaged or outdated file is only a cache)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("models_fingerprint") != fingerprint:
+        return {}
+    counts = data.get("counts")
+    return {k: v for k, v in counts.items() if isinstance(v, list) and len(v) == 3} if isinstance(counts, dict) else {}
+
+
+def write_counts(path: Path, fingerprint: str, counts: dict[str, list[int]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps({"models_fingerprint": fingerprint, "counts": counts}, indent=1,
+                                        sort_keys=True) + "\n")
 
 
 MACS_PER_S, ELEMENTS_PER_S, SECONDS_PER_OP = 13.9e9, 4.9e8, 1.4e-4
@@ -86,30 +125,42 @@ def seconds_per_image(work) -> float:
     return macs / MACS_PER_S + elements / ELEMENTS_PER_S + ops * SECONDS_PER_OP
 
 
-def train_costs(plan, cache: str | os.PathLike | None = None) -> dict[str, float]:
-    """Estimated seconds of every run of ``plan`` (run key -> seconds per image x images x
-    epochs) on the reference machine; only their order matters."""
-    cache_path = Path(cache) if cache else None
-    known: dict[str, list[int]] = {}
-    if cache_path and cache_path.exists():
-        try:
-            known = json.loads(cache_path.read_text())
-        except (OSError, ValueError):
-            known = {}  # a damaged cache is only a cache
+def work_key(plan, run) -> str:
+    m = plan.cfg["models"][run.model]
+    crop = plan.train_spec(run.dataset, run.model)["crop"]
+    return _key(m["arch"], m.get("params") or {}, plan.num_classes(run.dataset), crop)
+
+
+def count_plan(plan, known: dict[str, list[int]]) -> int:
+    """Count every (arch, params, classes, crop) of ``plan`` missing from ``known`` (in place);
+    returns how many were counted."""
     counted = 0
+    for run in plan.runs:
+        key = work_key(plan, run)
+        if key not in known:
+            arch, params, classes, crop = json.loads(key)
+            known[key] = count_work(arch, params, classes, crop)
+            counted += 1
+    return counted
+
+
+def train_costs(plan, cache: str | os.PathLike | None = None,
+                shipped: str | os.PathLike | None = SHIPPED) -> dict[str, float]:
+    """Estimated seconds of every run of ``plan`` (run key -> seconds per image x images x
+    epochs) on the reference machine; only their order matters. Counts come from ``cache``,
+    then ``shipped``, else a meta-device pass (then written to ``cache``)."""
+    fingerprint = models_fingerprint()
+    cache_path = Path(cache) if cache else None
+    cached = read_counts(cache_path, fingerprint) if cache_path else {}
+    known = {**(read_counts(Path(shipped), fingerprint) if shipped else {}), **cached}
+    before = set(known)
+    if count_plan(plan, known) and cache_path:
+        write_counts(cache_path, fingerprint, {**cached, **{k: known[k] for k in set(known) - before}})
     costs = {}
     for run in plan.runs:
-        m = plan.cfg["models"][run.model]
         train = plan.train_spec(run.dataset, run.model)
-        key = _key(m["arch"], m.get("params") or {}, plan.num_classes(run.dataset), train["crop"])
-        if not (isinstance(known.get(key), list) and len(known[key]) == 3):
-            known[key] = count_work(m["arch"], m.get("params") or {}, plan.num_classes(run.dataset), train["crop"])
-            counted += 1
-        costs[run.key] = seconds_per_image(known[key]) * train_images(plan.dataset(run.dataset)) * int(train["epochs"])
-    if cache_path and counted:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache_path) as tmp:
-            Path(tmp).write_text(json.dumps(known, indent=1, sort_keys=True))
+        costs[run.key] = (seconds_per_image(known[work_key(plan, run)]) * train_images(plan.dataset(run.dataset))
+                          * int(train["epochs"]))
     return costs
 
 
@@ -119,3 +170,30 @@ def train_priorities(plan, cache: str | os.PathLike | None = None) -> dict[str, 
     costs = train_costs(plan, cache)
     top = max(costs.values(), default=0.0) or 1.0
     return {k: LOW + (HIGH - LOW) * c / top for k, c in costs.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the shipped counts for the models of the given configs (default: config.yaml and
+    workflow/configs/*.yaml of this checkout)."""
+    import argparse
+
+    from segbench.config import load_config
+    from segbench.plan import Plan
+
+    root = Path(__file__).resolve().parents[2]
+    ap = argparse.ArgumentParser(prog="python -m segbench.schedule", description=main.__doc__)
+    ap.add_argument("configs", nargs="*", type=Path,
+                    default=[root / "config.yaml", *sorted((root / "workflow" / "configs").glob("*.yaml"))])
+    ap.add_argument("--out", type=Path, default=SHIPPED)
+    a = ap.parse_args(argv)
+    known: dict[str, list[int]] = {}
+    for cfg in a.configs:
+        n = count_plan(Plan(load_config(cfg)), known)
+        print(f"{cfg}: {n} new model entries counted", file=sys.stderr)
+    write_counts(a.out, models_fingerprint(), known)
+    print(f"wrote {len(known)} entries to {a.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

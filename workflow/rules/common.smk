@@ -232,12 +232,15 @@ def stop_forkserver():
 
 # -- the order jobs start in (Snakemake runs the highest priority first among those ready):
 # data (everything waits on it; it needs no fork server, which imports meanwhile), profiles
-# (each takes every core, free together only before the trainings start), the short steps
-# as soon as they can run (evaluations, MLflow, reports: results appear as runs finish), and
-# the trainings, longest first (segbench.schedule: the last to finish is then a short one)
+# (each takes every core; locally every training waits for its model's profile, see
+# train_profile_input), evaluations as soon as a training ends (its metrics appear at once),
+# the trainings, longest first (segbench.schedule: the last to finish is then a short one),
+# and last the short steps no training waits for: MLflow and the reports. They run when no
+# training is ready to start, i.e. in the slots the last trainings leave idle.
 PRIORITY_DATA = 100000
 PRIORITY_PROFILE = 50000
 PRIORITY_STEP = 10000  # above any training's (segbench.schedule.HIGH)
+PRIORITY_FILL = 0  # below any training's (segbench.schedule.LOW)
 _TRAIN_PRIORITIES = {}
 
 
@@ -249,3 +252,14 @@ def train_priority(w):
 
         _TRAIN_PRIORITIES.update(train_priorities(PLAN, ".snakemake/segbench/train_macs.json"))
     return _TRAIN_PRIORITIES[run_of(w).key]
+
+
+def train_profile_input(w):
+    """Locally, a training waits for its model's profile. A profile takes every core (its fps
+    are timed on an otherwise idle machine), so once trainings run, two cores are free
+    together only at the very end, and every track and report job (they read the profiles)
+    would wait for the last training. ancient(): a profile rerun (new warm-up or iterations)
+    does not retrain anything. On a cluster trainings do not wait."""
+    if not workflow.local_exec:
+        return []
+    return ancient(PLAN.profile_path(run_of(w)))

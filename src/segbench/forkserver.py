@@ -494,7 +494,11 @@ def main(argv: list[str] | None = None) -> int:
     for f in failed:
         server.say(f"could not preload {f}; jobs import it themselves")
     server.serve()
-    return 0
+    # No interpreter teardown: finalising thousands of modules (torch, mlflow, ...) takes 2 s,
+    # which Snakemake's onsuccess would wait for at the end of every run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -164,12 +164,15 @@ def train_costs(plan, cache: str | os.PathLike | None = None,
     return costs
 
 
-def train_priorities(plan, cache: str | os.PathLike | None = None) -> dict[str, float]:
+def priorities(costs: dict[str, float]) -> dict[str, float]:
     """Snakemake priorities in [LOW, HIGH], proportional to the estimated cost: the costliest
     training gets HIGH."""
-    costs = train_costs(plan, cache)
     top = max(costs.values(), default=0.0) or 1.0
     return {k: LOW + (HIGH - LOW) * c / top for k, c in costs.items()}
+
+
+def train_priorities(plan, cache: str | os.PathLike | None = None) -> dict[str, float]:
+    return priorities(train_costs(plan, cache))
 
 
 def main(argv: list[str] | None = None) -> int:

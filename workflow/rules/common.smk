@@ -233,25 +233,45 @@ def stop_forkserver():
 # -- the order jobs start in (Snakemake runs the highest priority first among those ready):
 # data (everything waits on it; it needs no fork server, which imports meanwhile), profiles
 # (each takes every core; locally every training waits for its model's profile, see
-# train_profile_input), evaluations as soon as a training ends (its metrics appear at once),
-# the trainings, longest first (segbench.schedule: the last to finish is then a short one),
-# and last the short steps no training waits for: MLflow and the reports. They run when no
-# training is ready to start, i.e. in the slots the last trainings leave idle.
+# train_profile_input), the trainings, longest first (segbench.schedule: the last to finish
+# is then a short one), and the short steps that no training waits for (evaluations, MLflow,
+# reports): results_priority.
 PRIORITY_DATA = 100000
 PRIORITY_PROFILE = 50000
 PRIORITY_STEP = 10000  # above any training's (segbench.schedule.HIGH)
 PRIORITY_FILL = 0  # below any training's (segbench.schedule.LOW)
-_TRAIN_PRIORITIES = {}
+# A local run whose trainings are estimated to take less than this per core (in seconds on the
+# reference machine; the default config: about 450) keeps its results for the end
+RESULTS_AT_END_BELOW = 3600
+_SCHEDULE = {}
+
+
+def _schedule():
+    if not _SCHEDULE:
+        from segbench.schedule import priorities, train_costs
+
+        costs = train_costs(PLAN, ".snakemake/segbench/train_macs.json")
+        threads = {r.key: PLAN.train_spec(r.dataset, r.model)["threads"] for r in PLAN.runs}
+        _SCHEDULE.update(priorities=priorities(costs),
+                         per_core=sum(c * threads[k] for k, c in costs.items()) / max(1, workflow.cores))
+    return _SCHEDULE
 
 
 def train_priority(w):
     if workflow.dryrun or not workflow.local_exec:
         return 0  # no order to choose (a dry run) or the cluster's scheduler chooses it
-    if not _TRAIN_PRIORITIES:
-        from segbench.schedule import train_priorities
+    return _schedule()["priorities"][run_of(w).key]
 
-        _TRAIN_PRIORITIES.update(train_priorities(PLAN, ".snakemake/segbench/train_macs.json"))
-    return _TRAIN_PRIORITIES[run_of(w).key]
+
+def results_priority(w=None):
+    """Evaluations, MLflow steps and reports. In a short local run (the default config's), they
+    come after every training has started: they then fill the slots that the last trainings
+    leave idle (with 13 trainings of 36-133 s on 2 slots, one ends up to half a minute before
+    the other). In a long run (RESULTS_AT_END_BELOW) that idle end is a negligible share, and
+    each run's results come as soon as it is trained."""
+    if workflow.dryrun or not workflow.local_exec or _schedule()["per_core"] >= RESULTS_AT_END_BELOW:
+        return PRIORITY_STEP
+    return PRIORITY_FILL
 
 
 def train_profile_input(w):

@@ -2,7 +2,7 @@
 
 
 rule evaluate:
-    priority: PRIORITY_STEP
+    priority: results_priority
     input:
         model=f"{RUN_DIR}/model.pt",
         run=f"{RUN_DIR}/run.json",

@@ -39,7 +39,7 @@ def _report_rule_inputs(study):
 for _study in PLAN.studies:
 
     rule:
-        priority: PRIORITY_FILL
+        priority: results_priority
         name:
             f"report_{rule_safe(_study)}"
         input:

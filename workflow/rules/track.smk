@@ -23,7 +23,7 @@ STUDY_RECORD = "results/mlflow/studies/{study}.json"
 
 
 rule mlflow_init:
-    priority: PRIORITY_FILL
+    priority: results_priority
     output:
         INIT_RECORD,
     params:
@@ -47,7 +47,7 @@ rule mlflow_init:
 
 
 rule track_run:
-    priority: PRIORITY_FILL
+    priority: results_priority
     input:
         init=INIT_RECORD,
         run=f"{RUN_DIR}/run.json",
@@ -77,7 +77,7 @@ rule track_run:
 
 
 rule track_study:
-    priority: PRIORITY_FILL
+    priority: results_priority
     input:
         init=INIT_RECORD,
         runs=lambda w: [f"results/mlflow/runs/{r.key}.json" for r in study_runs(w.study)],

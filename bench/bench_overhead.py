@@ -16,7 +16,8 @@ Figures (all in slot-seconds; a slot is one of the ``--cores`` Snakemake was giv
   benchmark files (earliest job start = file time - ``s``, to the last file time; misses
   Snakemake's start-up before the first job).
 * job seconds per rule: column ``s`` of results/benchmarks/<rule>/...tsv, times the threads
-  the job reserved (profile jobs take every core, train jobs ``train.threads``, others 1).
+  the job reserved (profile jobs and the MLflow store's creation take every core, train jobs
+  ``train.threads``, others 1).
 * compute: ``train_seconds`` of every run.json (the epochs: forward, backward, optimizer,
   data loading in the workers, per-epoch validation) plus ``eval_seconds`` of every
   metrics.json (the evaluation loop), counted for the runs whose jobs ran in this results folder.
@@ -258,7 +259,9 @@ def main(argv=None) -> int:
             wall, wall_how = last - first, "estimated from the benchmark files (no Snakemake start-up)"
     tthreads = train_threads(results)
     for j in jobs:
-        j["threads"] = slots if j["kind"] == "profile" else (tthreads if j["kind"] == "train" else 1)
+        # profiles take every core, and locally so does the MLflow store's creation (track.smk)
+        j["threads"] = (slots if j["kind"] == "profile" or j["key"] == "mlflow/init"
+                        else tthreads if j["kind"] == "train" else 1)
     forked, preload_s = forkserver_jobs(results)
     kinds_n: dict[str, int] = {}
     for j in jobs:

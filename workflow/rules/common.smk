@@ -232,10 +232,10 @@ def stop_forkserver():
 
 # -- the order jobs start in (Snakemake runs the highest priority first among those ready):
 # data (everything waits on it; it needs no fork server, which imports meanwhile), profiles
-# (each takes every core; locally every training waits for its model's profile, see
-# train_profile_input), the trainings, longest first (segbench.schedule: the last to finish
-# is then a short one), and the short steps that no training waits for (evaluations, MLflow,
-# reports): results_priority.
+# (each takes every core: run while two cores are free together, i.e. before the trainings),
+# the creation of the MLflow store (locally it too takes every core, see the rule), the
+# trainings, longest first (segbench.schedule: the last to finish is then a short one), and
+# the short steps that no training waits for (evaluations, MLflow, reports): results_priority.
 PRIORITY_DATA = 100000
 PRIORITY_PROFILE = 50000
 PRIORITY_STEP = 10000  # above any training's (segbench.schedule.HIGH)
@@ -272,14 +272,3 @@ def results_priority(w=None):
     if workflow.dryrun or not workflow.local_exec or _schedule()["per_core"] >= RESULTS_AT_END_BELOW:
         return PRIORITY_STEP
     return PRIORITY_FILL
-
-
-def train_profile_input(w):
-    """Locally, a training waits for its model's profile. A profile takes every core (its fps
-    are timed on an otherwise idle machine), so once trainings run, two cores are free
-    together only at the very end, and every track and report job (they read the profiles)
-    would wait for the last training. ancient(): a profile rerun (new warm-up or iterations)
-    does not retrain anything. On a cluster trainings do not wait."""
-    if not workflow.local_exec:
-        return []
-    return ancient(PLAN.profile_path(run_of(w)))

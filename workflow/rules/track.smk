@@ -23,7 +23,7 @@ STUDY_RECORD = "results/mlflow/studies/{study}.json"
 
 
 rule mlflow_init:
-    priority: results_priority
+    priority: PRIORITY_STEP
     output:
         INIT_RECORD,
     params:
@@ -35,7 +35,12 @@ rule mlflow_init:
         "results/logs/mlflow/init.log",
     benchmark:
         "results/benchmarks/mlflow/init.tsv"
-    threads: 1
+    # Locally every core, though it uses one: it then waits, like the profiles, for two free
+    # cores, which the data steps leave together, and runs right after the profiles. As a
+    # one-core job it would start beside the data steps and wait there for the fork server,
+    # so that the first training, not the profiles, would take the next free core, and every
+    # profile (and so every track and report job) would wait for the last training.
+    threads: lambda w: workflow.cores if workflow.local_exec else 1
     resources:
         mem_mb=1000,
         runtime=10,

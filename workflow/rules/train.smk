@@ -7,7 +7,6 @@ rule train:
     input:
         manifest="results/data/{dataset}/manifest.csv",
         meta="results/data/{dataset}/meta.json",
-        profile=train_profile_input,
     output:
         model=f"{RUN_DIR}/model.pt",
         history=f"{RUN_DIR}/history.csv",

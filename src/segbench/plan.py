@@ -88,6 +88,11 @@ class Plan:
             add(CROSS_STUDY, "main", (Run(d, mo, lo, int(seed)) for d, (mo, lo), seed in
                                       product(cross["datasets"], cross_methods(cfg), cross["seeds"])))
         self.runs: list[Run] = list(seen)
+        # lookups Snakemake's input functions make once per job (thousands at paper scale)
+        self._studies_of: dict[Run, list[str]] = {r: [] for r in self.runs}
+        for study, runs in self.studies.items():
+            for r in runs:
+                self._studies_of[r].append(study)
 
     def study_spec(self, study: str) -> dict:
         """What the report needs to know of a study: its paper and its ablations' tables."""
@@ -160,12 +165,12 @@ class Plan:
 
     def find_run(self, dataset: str, model: str, loss: str, seed: int | str) -> Run:
         run = Run(dataset, model, loss, int(seed))
-        if run not in self.runs:
+        if run not in self._studies_of:
             raise KeyError(f"run {run.key} is not in any study of the config")
         return run
 
     def studies_of(self, run: Run) -> list[str]:
-        return [s for s, runs in self.studies.items() if run in runs]
+        return list(self._studies_of.get(run, ()))
 
     # -- profiles -------------------------------------------------------------------
     def profile_name(self, run: Run) -> str:

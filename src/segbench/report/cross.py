@@ -37,6 +37,14 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from segbench.io import write_text
+# the cross study's file names live in outputs.py, which the Snakefile imports without matplotlib
+from segbench.report.outputs import (
+    CROSS_FIGURE_FPS as FIGURE_FPS,
+    CROSS_FIGURE_MACS as FIGURE_MACS,
+    CROSS_TABLE_CSV as TABLE_CSV,
+    CROSS_TABLE_MD as TABLE_MD,
+    expected_cross_outputs,
+)
 from segbench.report.figures import _RC, _colours, _device_note, _figure, _place_labels, _save
 from segbench.report.tables import (
     _context_line,
@@ -57,10 +65,6 @@ CROSS_COLUMNS = (
     *(f"{m}_{s}" for m in CROSS_METRICS for s in ("mean", "std")),
     "params", "MACs", "fps", "MB", "studies", "pareto_macs", "pareto_fps",
 )
-TABLE_CSV = "tables/cross_study.csv"
-TABLE_MD = "tables/cross_study.md"
-FIGURE_MACS = "figures/pareto_macs.png"
-FIGURE_FPS = "figures/pareto_fps.png"
 _EMPTY = ("the cross study has no runs: set `cross_study.datasets` in the config (the datasets every "
           "method is compared on) or leave the cross study out")
 #: keys of the training protocol shown in the table's header, with how to write them
@@ -72,11 +76,6 @@ _PROTOCOL = (
     ("optimizer", lambda v: str(v)),
     ("lr", lambda v: f"lr {v:g}" if isinstance(v, (int, float)) else f"lr {v}"),
 )
-
-
-def expected_cross_outputs() -> list[str]:
-    """Paths, relative to the cross study's folder, that ``build_cross_report`` writes."""
-    return [TABLE_CSV, TABLE_MD, FIGURE_MACS, FIGURE_FPS]
 
 
 # --------------------------------------------------------------------------- Pareto

@@ -12,6 +12,17 @@ from typing import Any, Mapping, Sequence
 #: the U-Net vs SegNet report's Figure 6, for studies of that paper
 AUGMENTATIONS = "figures/augmentations.png"
 
+#: the cross study's own table and Pareto figures (segbench.report.cross)
+CROSS_TABLE_CSV = "tables/cross_study.csv"
+CROSS_TABLE_MD = "tables/cross_study.md"
+CROSS_FIGURE_MACS = "figures/pareto_macs.png"
+CROSS_FIGURE_FPS = "figures/pareto_fps.png"
+
+
+def expected_cross_outputs() -> list[str]:
+    """Paths, relative to the cross study's folder, that ``cross.build_cross_report`` writes."""
+    return [CROSS_TABLE_CSV, CROSS_TABLE_MD, CROSS_FIGURE_MACS, CROSS_FIGURE_FPS]
+
 
 def expected_outputs(datasets: Sequence[str]) -> list[str]:
     """Paths, relative to a study's folder, that ``figures.build_study_report`` writes."""
@@ -35,8 +46,6 @@ def study_outputs(study: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -
     if study.get("paper") == "unet_segnet":
         out.append(AUGMENTATIONS)
     if study.get("cross"):
-        from segbench.report.cross import expected_cross_outputs
-
         out += [p for p in expected_cross_outputs() if p not in out]
     # each markdown table also as HTML (report.html.write_html_tables)
     out += [p[:-3] + ".html" for p in out if p.endswith(".md")]

@@ -99,12 +99,12 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from segbench.io import write_text
-from segbench.report.tables import _markdown, collect_runs, read_history
+
+if TYPE_CHECKING:  # pandas (0.5 s) only where tables are built: the Snakefile imports this module
+    import pandas as pd
 
 MISSING = "—"
 
@@ -534,6 +534,8 @@ def _nan(v: Any) -> bool:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    import pandas as pd
+
     s = pd.Series(list(values), dtype=float)
     return (float(s.mean()) if len(s) else math.nan, float(s.std(ddof=1)) if len(s) > 1 else math.nan)
 
@@ -587,6 +589,8 @@ def build_table(table: PaperTable, df_table: pd.DataFrame,
     our runs in no row. ``df_table``: the runs routed to the table (``collect_runs``
     columns); ``df_dataset``: every run of the study on that dataset (for the baseline).
     Returns the raw table (see the module docstring for its columns) and extra notes."""
+    import pandas as pd
+
     dataset = df_table["dataset"].iloc[0]
     notes: list[str] = []
     matched: dict[str, list[pd.DataFrame]] = {r.id: [] for r in table.rows}
@@ -674,6 +678,10 @@ def build_final_epoch_table(df: pd.DataFrame) -> pd.DataFrame:
     """U-Net vs SegNet: per (model, loss), the last epoch's train and val loss, mIoU and
     accuracy (mIoU, aAcc in %), mean and sample std over seeds. Val values are those of the
     last epoch that was validated (``val_epoch``)."""
+    import pandas as pd
+
+    from segbench.report.tables import read_history
+
     recs = []
     for g in _groups(df):
         first = g.iloc[0]
@@ -784,6 +792,8 @@ def _published(v: Any) -> str:
 
 def format_table(table: PaperTable, raw: pd.DataFrame) -> pd.DataFrame:
     """The markdown view of ``build_table``'s result."""
+    import pandas as pd
+
     acc = [c for c in table.columns if c.kind == ACC]
     published = {c.kind: c for c in table.columns}
     out = []
@@ -808,6 +818,8 @@ def format_table(table: PaperTable, raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_final_epoch(raw: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     out = []
     for _, r in raw.iterrows():
         rec = {"Model": r["model"], "Loss": r["loss"], "seeds": str(int(r["seeds"])),
@@ -828,6 +840,8 @@ def _heading(table: PaperTable, dataset: str) -> str:
 def table_markdown(table: PaperTable, raw: pd.DataFrame, df: pd.DataFrame, notes: Sequence[str] = (),
                    level: int = 1) -> str:
     """A table's markdown: heading, the paper's and our data and scale, the table, notes."""
+    from segbench.report.tables import _markdown
+
     dataset = df["dataset"].iloc[0]
     paper = PAPERS[table.paper]
     if table.id == UNET_SEGNET_FINAL.id:
@@ -858,6 +872,8 @@ def table_markdown(table: PaperTable, raw: pd.DataFrame, df: pd.DataFrame, notes
 def write_paper_tables(study: dict, runs: list[dict], out_dir: str | os.PathLike) -> list[Path]:
     """Write the study's paper tables under ``out_dir/tables/`` and return their paths
     (exactly ``expected_paper_outputs(study, runs)``); ``[]`` when ``study["paper"]`` is None."""
+    from segbench.report.tables import collect_runs
+
     if not study.get("paper"):
         return []
     runs = [dict(r) for r in runs]

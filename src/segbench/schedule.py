@@ -171,10 +171,6 @@ def priorities(costs: dict[str, float]) -> dict[str, float]:
     return {k: LOW + (HIGH - LOW) * c / top for k, c in costs.items()}
 
 
-def train_priorities(plan, cache: str | os.PathLike | None = None) -> dict[str, float]:
-    return priorities(train_costs(plan, cache))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Rewrite the shipped counts for the models of the given configs (default: config.yaml and
     workflow/configs/*.yaml of this checkout)."""

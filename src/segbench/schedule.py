@@ -131,12 +131,11 @@ def work_key(plan, run) -> str:
     return _key(m["arch"], m.get("params") or {}, plan.num_classes(run.dataset), crop)
 
 
-def count_plan(plan, known: dict[str, list[int]]) -> int:
-    """Count every (arch, params, classes, crop) of ``plan`` missing from ``known`` (in place);
-    returns how many were counted."""
+def count_missing(keys, known: dict[str, list[int]]) -> int:
+    """Count every (arch, params, classes, crop) key (``work_key``) missing from ``known`` (in
+    place); returns how many were counted."""
     counted = 0
-    for run in plan.runs:
-        key = work_key(plan, run)
+    for key in keys:
         if key not in known:
             arch, params, classes, crop = json.loads(key)
             known[key] = count_work(arch, params, classes, crop)
@@ -154,14 +153,11 @@ def train_costs(plan, cache: str | os.PathLike | None = None,
     cached = read_counts(cache_path, fingerprint) if cache_path else {}
     known = {**(read_counts(Path(shipped), fingerprint) if shipped else {}), **cached}
     before = set(known)
-    if count_plan(plan, known) and cache_path:
+    keys = {run: work_key(plan, run) for run in plan.runs}
+    if count_missing(keys.values(), known) and cache_path:
         write_counts(cache_path, fingerprint, {**cached, **{k: known[k] for k in set(known) - before}})
-    costs = {}
-    for run in plan.runs:
-        train = plan.train_spec(run.dataset, run.model)
-        costs[run.key] = (seconds_per_image(known[work_key(plan, run)]) * train_images(plan.dataset(run.dataset))
-                          * int(train["epochs"]))
-    return costs
+    return {run.key: seconds_per_image(known[key]) * train_images(plan.dataset(run.dataset))
+            * int(plan.train_spec(run.dataset, run.model)["epochs"]) for run, key in keys.items()}
 
 
 def priorities(costs: dict[str, float]) -> dict[str, float]:
@@ -187,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     known: dict[str, list[int]] = {}
     for cfg in a.configs:
-        n = count_plan(Plan(load_config(cfg)), known)
+        plan = Plan(load_config(cfg))
+        n = count_missing([work_key(plan, run) for run in plan.runs], known)
         print(f"{cfg}: {n} new model entries counted", file=sys.stderr)
     write_counts(a.out, models_fingerprint(), known)
     print(f"wrote {len(known)} entries to {a.out}", file=sys.stderr)

@@ -159,10 +159,10 @@ def test_gradnet_table3_rows_figures_and_seeds(tmp_path):
 
     t = read(tmp_path / "out" / "tables" / "paper_gradnet_t3.csv")
     assert list(t["method"]) == ["GraDNet", "Deep Snake", "UNet", "PANet", "FCIS", "ESE", "STS", "(not in paper)"]
-    # REFERENCE.md §1, GraDNet Table 3 (Cityscapes, 8 categories): AUC / fps / MB
+    # REFERENCE.md §1, GraDNet Table 3 (Cityscapes, 8 categories): AUC / fps / MB (MB as Table 2's)
     assert nan_list(t["paper_AUC"]) == [88.6, 82.4, 78.4, 86.5, 79.4, 68.6, 63.2, None]
     assert nan_list(t["paper_fps"]) == [28.6, 14.6, 18.6, 17.5, 16.2, 18.7, 16.5, None]
-    assert nan_list(t["paper_MB"]) == [22.1, None, None, None, None, None, None, None]
+    assert nan_list(t["paper_MB"]) == [22.1, 30.6, 28.7, 32.6, 26.1, 28.8, 32.1, None]
     g = t.iloc[0]
     assert g["ours"] == "gradnet / dice" and g["seeds"] == 2
     # mIoU 40 and 43 %: mean 41.5, sample std 3 / sqrt(2); diff 41.5 - 88.6 = -47.1
@@ -189,7 +189,12 @@ def test_gradnet_table3_rows_figures_and_seeds(tmp_path):
     assert "width=16" in head and "cpu, 2 threads" in head
     assert cells(md, "GraDNet")[:7] == ["GraDNet", "gradnet / dice", "2", "41.50 ± 2.12", "88.6", "-47.10", "41.2"]
     assert cells(md, "Deep Snake")[1:4] == ["—", "—", "—"]
-    assert cells(md, "(not in paper)")[1] == "segnet / dice"
+    # Deep Snake: AUC, fps and MB as published (the paper cells of the markdown)
+    assert cells(md, "Deep Snake")[4] == "82.4" and cells(md, "Deep Snake")[7:10] == ["14.6", "—", "30.6"]
+    # our run in no paper row: its paper cells are dashes, never "nan" or empty
+    extra_md = cells(md, "(not in paper)")
+    assert extra_md[1] == "segnet / dice" and extra_md[4] == "—" and extra_md[7] == "—" and extra_md[9] == "—"
+    assert "nan" not in md.lower() and "||" not in md.replace(" ", "")
     index = (tmp_path / "out" / "tables" / "paper_tables.md").read_text()
     assert "## GraDNet — Table 3" in index and "the gradnet study" in index
 
@@ -208,6 +213,9 @@ def test_gradnet_routes_ade20k_to_table2(tmp_path):
     assert list(t2["paper_AUC"]) == [73.8, 67.4, 68.6, 70.2, 66.7, 65.3, 69.0]
     assert list(t2["paper_fps"]) == [20.1, 12.3, 16.4, 13.6, 13.2, 15.1, 14.7]
     assert list(t2["paper_MB"]) == [22.1, 30.6, 28.7, 32.6, 26.1, 28.8, 32.1]
+    # a figure as the paper prints it: STS's AUC "69.0", not "69"
+    md2 = (tmp_path / "o" / "tables" / "paper_gradnet_t2.md").read_text()
+    assert cells(md2, "STS")[4] == "69.0" and cells(md2, "STS")[7] == "14.7" and cells(md2, "STS")[9] == "32.1"
     assert t2.iloc[0]["diff_mIoU"] == pytest.approx(20 - 73.8) and t2.iloc[2]["seeds"] == 0
     t3 = read(tmp_path / "o" / "tables" / "paper_gradnet_t3.csv")
     assert t3.iloc[2]["ours"] == "unet / dice" and t3.iloc[0]["seeds"] == 0
@@ -403,18 +411,36 @@ def test_frm_tables(tmp_path):
         "tables/paper_frm_t1.csv", "tables/paper_frm_t1.md", "tables/paper_frm_t2.csv", "tables/paper_frm_t2.md",
         "tables/paper_frm_t3.csv", "tables/paper_frm_t3.md", "tables/paper_tables.md"]
     t1 = read(out / "tables" / "paper_frm_t1.csv")
-    assert len(t1) == 9 and t1.iloc[0]["ours"] == "van_fpn_frm / ce_contrastive"
+    # REFERENCE.md §1, FRM Table 1, in the paper's row order (Ours last), then our extra run
+    assert len(t1) == 12 and list(t1["in_paper"]) == [True] * 11 + [False]
+    assert list(t1["method"][:11]) == [
+        "SFNet (ResNet-18)", "SegFormer (MiT-B1, 1024x1024)", "NRD (ResNet-50)", "BiAlignNet (DFNet2)",
+        "SFANet (ResNet-18)", "IFA (ResNet-50, 1024x1024)", "RTFormer-Base", "DDRNet-23", "DDRNet-39",
+        "PIDNet-M", "Ours (VAN-S)"]
+    published_t1 = [  # val, test, GFLOPs (MACs), params M; None: "-" or no figure in the paper
+        (None, 78.9, 243.87, 12.87),   # SFNet ResNet-18, 2048x1024
+        (78.5, None, 243.7, 13.7),     # SegFormer MiT-B1, 1024x1024
+        (None, 78.9, 234.6, 36.6),     # NRD ResNet-50, 2048x1024
+        (78.7, 77.1, 108.73, 19.2),    # BiAlignNet DFNet2, 2048x1024
+        (None, 78.1, 99.6, 14.6),      # SFANet ResNet-18, 2048x1024
+        (78.0, None, 186.9, 27.8),     # IFA ResNet-50, 1024x1024
+        (79.3, None, None, 16.8),      # RTFormer-Base, 2048x1024, no GFLOPs
+        (79.5, 79.4, 143.1, 20.1),     # DDRNet-23
+        (80.4, 80.4, 281.2, 32.3),     # DDRNet-39
+        (79.9, 79.8, 178.1, 28.5),     # PIDNet-M
+        (80.8, 80.4, 214.82, 16.48),   # Ours VAN-S, 2048x1024
+    ]
+    cols = ["paper_mIoU_val", "paper_mIoU_test", "paper_GMACs", "paper_params_M"]
+    assert [tuple(nan_list(t1.iloc[i][cols])) for i in range(11)] == published_t1
     # PPM is a row of Table 2, not of Table 1: an extra row saying where it is
-    assert t1.iloc[8]["ours"] == "van_fpn_ppm / ce_contrastive" and not t1.iloc[8]["in_paper"]
-    assert t1.iloc[8]["method"] == "(not in this table; see Table 2)"
-    t1 = t1.iloc[:8]
-    assert nan_list(t1["paper_mIoU_val"]) == [80.8, None, 78.5, 79.5, 80.4, 79.9, 78.7, 79.3]
-    assert nan_list(t1["paper_mIoU_test"]) == [80.4, 78.9, None, 79.4, 80.4, 79.8, 77.1, None]
-    assert nan_list(t1["paper_GMACs"]) == [214.82, 243.87, 243.7, 143.1, 281.2, 178.1, 108.73, None]
-    assert nan_list(t1["paper_params_M"]) == [16.48, 12.87, 13.7, 20.1, 32.3, 28.5, 19.2, 16.8]
-    assert t1.iloc[0]["diff_mIoU"] == pytest.approx(70 - 80.8)  # against the val figure
-    assert t1.iloc[0]["ours_GMACs"] == pytest.approx(200.0) and t1.iloc[0]["ours_params_M"] == pytest.approx(16.0)
-    assert (t1["seeds"][1:] == 0).all()  # the peers are the paper's only
+    assert t1.iloc[11]["ours"] == "van_fpn_ppm / ce_contrastive" and not t1.iloc[11]["in_paper"]
+    assert t1.iloc[11]["method"] == "(not in this table; see Table 2)"
+    assert nan_list(t1.iloc[11][cols]) == [None] * 4
+    ours = t1.iloc[10]
+    assert ours["ours"] == "van_fpn_frm / ce_contrastive"
+    assert ours["diff_mIoU"] == pytest.approx(70 - 80.8)  # against the val figure
+    assert ours["ours_GMACs"] == pytest.approx(200.0) and ours["ours_params_M"] == pytest.approx(16.0)
+    assert (t1["seeds"][:10] == 0).all()  # the peers are the paper's only
     t2 = read(out / "tables" / "paper_frm_t2.csv")
     assert list(t2["method"]) == ["FRM", "PPM", "DAPPM"]
     assert list(t2["paper_mIoU_test"]) == [80.4, 79.7, 79.1]
@@ -423,13 +449,22 @@ def test_frm_tables(tmp_path):
     assert t2.iloc[1]["ours"] == "van_fpn_ppm / ce_contrastive"
     assert t2.iloc[1]["diff_mIoU"] == pytest.approx(69 - 79.7) and t2.iloc[2]["seeds"] == 0
     t3 = read(out / "tables" / "paper_frm_t3.csv")
-    assert list(t3["paper_mIoU"]) == [64.9, 60.6, 62.7, 64.56]
-    assert nan_list(t3["paper_GMACs"]) == [94.55, 107.34, 302.1, None]
-    assert nan_list(t3["paper_params_M"]) == [16.48, None, None, None]
-    assert t3.iloc[0]["ours"] == "van_fpn_frm / ce_contrastive" and t3.iloc[0]["diff_mIoU"] == pytest.approx(55 - 64.9)
+    # REFERENCE.md §1, FRM Table 3 (BDD100K val, 1280x720), in the paper's row order
+    assert list(t3["method"]) == ["HANet (ResNet-101)", "SFNet (ResNet-18)", "PFnet (ResNet-50)", "Ours (VAN-S)"]
+    assert list(t3["paper_mIoU"]) == [64.56, 60.6, 62.7, 64.9]
+    assert nan_list(t3["paper_GMACs"]) == [None, 107.34, 302.1, 94.55]
+    assert nan_list(t3["paper_params_M"]) == [65.4, 12.87, 33.0, 16.48]
+    assert t3.iloc[3]["ours"] == "van_fpn_frm / ce_contrastive" and t3.iloc[3]["diff_mIoU"] == pytest.approx(55 - 64.9)
     md = (out / "tables" / "paper_frm_t1.md").read_text()
     assert "multiply-accumulates" in md and "2048x1024" in md.split("|")[0]
     assert cells(md, "Ours (VAN-S)")[1:7] == ["van_fpn_frm / ce_contrastive", "1", "70.00", "80.8", "80.4", "-10.80"]
+    # the paper's cells as printed: "-" of the paper is our dash; IFA's "78.0" keeps its digit
+    assert cells(md, "IFA (ResNet-50, 1024x1024)")[4:6] == ["78.0", "—"]
+    assert cells(md, "RTFormer-Base")[10] == "—" and cells(md, "RTFormer-Base")[12] == "16.8"
+    assert "nan" not in md.lower()
+    md3 = (out / "tables" / "paper_frm_t3.md").read_text()
+    assert cells(md3, "PFnet (ResNet-50)")[9:12] == ["302.1", "—", "33.0"]
+    assert cells(md3, "HANet (ResNet-101)")[9:12] == ["—", "—", "65.4"]
 
 
 # --------------------------------------------------------------------------- U-Net vs SegNet

@@ -59,9 +59,9 @@ Valid ``paper_row`` ids (``model_row_ids()``, ``loss_row_ids()``):
 - models: ``deeplabv3``; the PAC variants of PAC + BAL Table 2 (``r6-12-18-concat``,
   ``r6-12-18-24-concat``, ``r6-12-18-sum``, ``r1-3-5-concat``, ``r1-3-5-7-9-concat``,
   ``r1-3-5-7-9-11-concat``, ``r1-3-5-7-9-sum``); GraDNet's ``gradnet``, ``deep-snake``,
-  ``unet``, ``panet``, ``fcis``, ``ese``, ``sts``; FRM's ``frm``, ``ppm``, ``dappm``,
-  ``sfnet-r18``, ``segformer-b1``, ``ddrnet-23``, ``ddrnet-39``, ``pidnet-m``,
-  ``bialignnet``, ``rtformer-b``, ``pfnet-r50``, ``hanet-r101``;
+  ``unet``, ``panet``, ``fcis``, ``ese``, ``sts``; FRM's ``sfnet-r18``, ``segformer-b1``,
+  ``nrd-r50``, ``bialignnet``, ``sfanet-r18``, ``ifa-r50``, ``rtformer-b``, ``ddrnet-23``,
+  ``ddrnet-39``, ``pidnet-m``, ``frm``, ``ppm``, ``dappm``, ``hanet-r101``, ``pfnet-r50``;
 - losses: ``ce`` and the 14 BAL settings of PAC + BAL Table 1 (``lin-d1-s15-b0.3`` ...
   ``gauss-d4-s35-sg3-b0.5``).
 
@@ -172,12 +172,14 @@ class Column:
 @dataclass(frozen=True)
 class Row:
     """A row of a paper table: what our run must be (model id, loss id or None = any loss)
-    and the paper's figures (column key -> value; a column it leaves out is empty)."""
+    and the paper's figures (column key -> value; a column it leaves out is empty), with
+    each figure as the paper prints it in ``text`` ("69.0", not "69")."""
     id: str
     method: str
     model: str
     loss: str | None
     values: Mapping[str, float]
+    text: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -200,9 +202,13 @@ class PaperTable:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _row(id: str, method: str, model: str | None = None, loss: str | None = None, **values: float) -> Row:
-    """A row whose model id is its id unless ``model`` says otherwise."""
-    return Row(id, method, model or id, loss, values)
+def _row(id: str, method: str, model: str | None = None, loss: str | None = None,
+         **values: float | str) -> Row:
+    """A row whose model id is its id unless ``model`` says otherwise. A figure is typed as
+    the paper prints it: a string where a float would lose a digit ("69.0"), else a number."""
+    nums = {k: float(v) for k, v in values.items()}
+    text = {k: v if isinstance(v, str) else f"{v:g}" for k, v in values.items()}
+    return Row(id, method, model or id, loss, nums, text)
 
 
 ACC = "acc"
@@ -229,24 +235,26 @@ GRADNET_T2 = PaperTable(
         _row("panet", "PANet", AUC=70.2, fps=13.6, MB=32.6),
         _row("fcis", "FCIS", AUC=66.7, fps=13.2, MB=26.1),
         _row("ese", "ESE", AUC=65.3, fps=15.1, MB=28.8),
-        _row("sts", "STS", AUC=69.0, fps=14.7, MB=32.1),
+        _row("sts", "STS", AUC="69.0", fps=14.7, MB=32.1),
     ),
     notes=(_GRADNET_NOTE,),
 )
 GRADNET_T3 = PaperTable(
     id="gradnet_t3", paper="gradnet", number=3, title="Cityscapes, 8 categories",
-    scale=f"Cityscapes, 8 categories (void ignored, 7 scored), {_GRADNET_SCALE} (the device stated with Table 2)",
+    scale=(f"Cityscapes, 8 categories (our reading of the paper's “8 semantic classes”: void ignored, 7 scored), "
+           f"{_GRADNET_SCALE} (the device stated with Table 2)"),
     columns=(Column("AUC", "AUC (%)", ACC), FPS, MB), compare="AUC",
     rows=(
         _row("gradnet", "GraDNet", AUC=88.6, fps=28.6, MB=22.1),
-        _row("deep-snake", "Deep Snake", AUC=82.4, fps=14.6),
-        _row("unet", "UNet", AUC=78.4, fps=18.6),
-        _row("panet", "PANet", AUC=86.5, fps=17.5),
-        _row("fcis", "FCIS", AUC=79.4, fps=16.2),
-        _row("ese", "ESE", AUC=68.6, fps=18.7),
-        _row("sts", "STS", AUC=63.2, fps=16.5),
+        _row("deep-snake", "Deep Snake", AUC=82.4, fps=14.6, MB=30.6),
+        _row("unet", "UNet", AUC=78.4, fps=18.6, MB=28.7),
+        _row("panet", "PANet", AUC=86.5, fps=17.5, MB=32.6),
+        _row("fcis", "FCIS", AUC=79.4, fps=16.2, MB=26.1),
+        _row("ese", "ESE", AUC=68.6, fps=18.7, MB=28.8),
+        _row("sts", "STS", AUC=63.2, fps=16.5, MB=32.1),
     ),
-    notes=(_GRADNET_NOTE, "The paper's Table 3 gives the size (MB) of GraDNet only; the other sizes are left empty."),
+    notes=(_GRADNET_NOTE, "The paper's Table 3 names its second row “Deep”: Deep Snake, as in its Table 2; "
+           "its sizes (MB) are Table 2's."),
 )
 
 # --- PAC + BAL ---------------------------------------------------------------------------
@@ -332,18 +340,23 @@ FRM_T1 = PaperTable(
     columns=(Column("mIoU_val", "mIoU val (%)", ACC), Column("mIoU_test", "mIoU test (%)", ACC), GMACS, PARAMS),
     compare="mIoU_val",
     rows=(
-        _row("frm", "Ours (VAN-S)", mIoU_val=80.8, mIoU_test=80.4, GMACs=214.82, params_M=16.48),
         _row("sfnet-r18", "SFNet (ResNet-18)", mIoU_test=78.9, GMACs=243.87, params_M=12.87),
         _row("segformer-b1", "SegFormer (MiT-B1, 1024x1024)", mIoU_val=78.5, GMACs=243.7,
              params_M=13.7),
+        _row("nrd-r50", "NRD (ResNet-50)", mIoU_test=78.9, GMACs=234.6, params_M=36.6),
+        _row("bialignnet", "BiAlignNet (DFNet2)", mIoU_val=78.7, mIoU_test=77.1, GMACs=108.73,
+             params_M=19.2),
+        _row("sfanet-r18", "SFANet (ResNet-18)", mIoU_test=78.1, GMACs=99.6, params_M=14.6),
+        _row("ifa-r50", "IFA (ResNet-50, 1024x1024)", mIoU_val="78.0", GMACs=186.9, params_M=27.8),
+        _row("rtformer-b", "RTFormer-Base", mIoU_val=79.3, params_M=16.8),
         _row("ddrnet-23", "DDRNet-23", mIoU_val=79.5, mIoU_test=79.4, GMACs=143.1, params_M=20.1),
         _row("ddrnet-39", "DDRNet-39", mIoU_val=80.4, mIoU_test=80.4, GMACs=281.2, params_M=32.3),
         _row("pidnet-m", "PIDNet-M", mIoU_val=79.9, mIoU_test=79.8, GMACs=178.1, params_M=28.5),
-        _row("bialignnet", "BiAlignNet", mIoU_val=78.7, mIoU_test=77.1, GMACs=108.73,
-             params_M=19.2),
-        _row("rtformer-b", "RTFormer-B", mIoU_val=79.3, params_M=16.8),
+        _row("frm", "Ours (VAN-S)", mIoU_val=80.8, mIoU_test=80.4, GMACs=214.82, params_M=16.48),
     ),
-    notes=("diff = our mIoU (val) − the paper's val mIoU.", _FRM_NOTE),
+    notes=("diff = our mIoU (val) − the paper's val mIoU.",
+           "The paper's GFLOPs are at its resolution column: 1024x1024 where the method says so, else "
+           "2048x1024; it gives no GFLOPs for RTFormer-Base.", _FRM_NOTE),
 )
 FRM_T2 = PaperTable(
     id="frm_t2", paper="frm", number=2, title="Context module ablation, Cityscapes test",
@@ -360,15 +373,16 @@ FRM_T2 = PaperTable(
 )
 FRM_T3 = PaperTable(
     id="frm_t3", paper="frm", number=3, title="BDD100K val",
-    scale=f"BDD100K val at 1280x720, VAN-S + FRM + FPN, crop 720x720, batch 32 (“16/32”), {_FRM_TRAIN}",
+    scale=(f"BDD100K val at 1280x720, VAN-S + FRM + FPN, crop 720x720, batch “16/32” (our reading: 32 on "
+           f"BDD100K), {_FRM_TRAIN}"),
     columns=(Column("mIoU", "mIoU (%)", ACC), GMACS, PARAMS), compare="mIoU",
     rows=(
+        _row("hanet-r101", "HANet (ResNet-101)", mIoU=64.56, params_M=65.4),
+        _row("sfnet-r18", "SFNet (ResNet-18)", mIoU=60.6, GMACs=107.34, params_M=12.87),
+        _row("pfnet-r50", "PFnet (ResNet-50)", mIoU=62.7, GMACs=302.1, params_M="33.0"),
         _row("frm", "Ours (VAN-S)", mIoU=64.9, GMACs=94.55, params_M=16.48),
-        _row("sfnet-r18", "SFNet (ResNet-18)", mIoU=60.6, GMACs=107.34),
-        _row("pfnet-r50", "PFnet (ResNet-50)", mIoU=62.7, GMACs=302.1),
-        _row("hanet-r101", "HANet (ResNet-101)", mIoU=64.56),
     ),
-    notes=(_FRM_NOTE,),
+    notes=("The paper gives no GFLOPs for HANet.", _FRM_NOTE),
 )
 
 # --- U-Net vs SegNet: no numeric table ---------------------------------------------------
@@ -785,9 +799,11 @@ def _fmt_pm(mean: float, std: float, sign: bool = False, digits: int = 2) -> str
     return _fmt(mean, digits, sign) + ("" if _nan(std) else f" ± {std:.{digits}f}")
 
 
-def _published(v: Any) -> str:
-    """A published figure as typed (empty when the paper gives none)."""
-    return "" if _nan(v) else f"{v:g}"
+def _published(table: PaperTable, row_id: Any, key: str) -> str:
+    """A published figure as the paper prints it; "—" when the paper gives none (or the
+    line is a run of ours in no row of the table)."""
+    row = next((r for r in table.rows if r.id == row_id), None)
+    return row.text.get(key, MISSING) if row is not None else MISSING
 
 
 def format_table(table: PaperTable, raw: pd.DataFrame) -> pd.DataFrame:
@@ -802,7 +818,7 @@ def format_table(table: PaperTable, raw: pd.DataFrame) -> pd.DataFrame:
                "seeds": str(int(r["seeds"])) if r["seeds"] else MISSING,
                "mIoU ours (%)": _fmt_pm(r["ours_mIoU_mean"], r["ours_mIoU_std"])}
         for c in acc:
-            rec[f"{c.label.replace(' (%)', '')} paper (%)"] = _published(r[f"paper_{c.key}"])
+            rec[f"{c.label.replace(' (%)', '')} paper (%)"] = _published(table, r["row"], c.key)
         if table.compare:
             rec["diff (pts)"] = _fmt(r["diff_mIoU"], sign=True)
         if table.delta:
@@ -812,7 +828,7 @@ def format_table(table: PaperTable, raw: pd.DataFrame) -> pd.DataFrame:
         for kind, header in OUR_COSTS:
             rec[f"{header} ours"] = _fmt(r[f"ours_{kind}"], 1 if kind in ("fps", "MB") else 2)
             if kind in published:
-                rec[f"{published[kind].label} paper"] = _published(r[f"paper_{kind}"])
+                rec[f"{published[kind].label} paper"] = _published(table, r["row"], published[kind].key)
         out.append(rec)
     return pd.DataFrame(out)
 
@@ -860,7 +876,7 @@ def table_markdown(table: PaperTable, raw: pd.DataFrame, df: pd.DataFrame, notes
     all_notes = list(table.notes) + list(notes)
     if table.rows:
         all_notes.append("Ours: mean ± sample std (n − 1) over seeds, in %; diff = ours − paper in % points; "
-                         "“—”: no run of ours; an empty paper cell: the paper gives no figure; "
+                         "“—”: no run of ours (in our columns) or no figure in the paper (in its columns); "
                          "“(not in paper)”: our runs that stand for no row of the paper's tables.")
     lines += [f"- {n}" for n in all_notes] + [""]
     return "\n".join(lines)

@@ -117,6 +117,38 @@ def test_dice_of_a_perfect_prediction_is_near_zero():
     assert build_loss({"type": "dice", "smooth": 0.0})(logits, labels).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_dice_leaves_out_classes_with_nothing_predicted_and_nothing_labelled():
+    """smooth 0: a class absent from the labels and given no probability is 0/0 and does not
+    count. A perfect (exactly one-hot) prediction with 1 of 5 classes absent: loss 0, not 0.2."""
+    labels = torch.tensor([[[0, 1, 2, 3], [3, 2, 1, 0]]])                  # class 4 absent
+    logits = torch.where(F.one_hot(labels, 5).permute(0, 3, 1, 2).bool(), 0.0, -math.inf)
+    dice = build_loss({"type": "dice", "smooth": 0.0})
+    assert dice(logits, labels).item() == 0.0
+    d = dice.per_class(logits, labels)
+    assert d[:4].tolist() == [1.0] * 4 and math.isnan(d[4].item())
+    assert build_loss({"type": "dice", "smooth": 1.0})(logits, labels).item() == 0.0   # D_4 = 1 / 1
+    # an absent class whose probability underflows to exactly 0 (finite logits): no NaN in the gradient
+    soft = (200.0 * F.one_hot(labels, 5).permute(0, 3, 1, 2).float()).requires_grad_()
+    loss = dice(soft, labels)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(soft.grad).all()
+
+
+def test_dice_by_hand_on_a_2x2_image():
+    """Labels [[0, 1], [1, ignore]], 3 classes; softmax probabilities (class 0, class 1) of
+    (3/4, 1/4), (1/2, 1/2), (1/4, 3/4) at the labelled pixels, class 2 given none (logit -inf).
+    smooth 0: D_0 = 2 * 3/4 / (3/2 + 1) = 3/5, D_1 = 2 * (1/2 + 3/4) / (3/2 + 2) = 5/7, class 2
+    left out: loss = 1 - (3/5 + 5/7) / 2 = 12/35. smooth 1: D_0 = 5/2 / 7/2 = 5/7,
+    D_1 = 7/2 / 9/2 = 7/9, D_2 = 1 / 1: loss = 1 - (5/7 + 7/9 + 1) / 3 = 32/189."""
+    ln3, inf = math.log(3.0), math.inf
+    logits = torch.tensor([[[[ln3, 0.0], [0.0, 5.0]],        # class 0
+                            [[0.0, 0.0], [ln3, 0.0]],        # class 1
+                            [[-inf, -inf], [-inf, -inf]]]])  # class 2
+    labels = torch.tensor([[[0, 1], [1, IGN]]])
+    assert build_loss({"type": "dice", "smooth": 0.0})(logits, labels).item() == pytest.approx(12 / 35, rel=1e-6)
+    assert build_loss({"type": "dice", "smooth": 1.0})(logits, labels).item() == pytest.approx(32 / 189, rel=1e-6)
+
+
 def test_focal_by_hand_and_gamma_zero_is_ce():
     logits = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
     labels = torch.zeros(1, 1, 1, dtype=torch.long)

@@ -5,12 +5,17 @@ Its soft, multi-class form over the labelled pixels P of the whole batch::
 
     p_c(x) = softmax(logits)(x)_c,   t_c(x) = [label(x) == c]
     D_c    = (2 * sum_{x in P} p_c t_c + s) / (sum_{x in P} p_c + sum_{x in P} t_c + s)
-    loss   = 1 - mean_c D_c      (mean over all C classes)
+    loss   = 1 - mean_{c : denominator_c > 0} D_c      (0 when no class has one)
 
 Interpretations: softmax probabilities stand for the predicted set (the paper thresholds
 nothing); the sums run over the whole batch (Eq. 1 is over sets, not per image); ignore
-pixels are left out of every sum; a class absent from the batch still counts (with the
-smoothing s, default 1, its D_c = s / (sum p_c + s) penalises probability spent on it).
+pixels are left out of every sum. A class absent from the labels still counts as long as
+its denominator is positive: with the smoothing s (default 1) it always is, and its
+D_c = s / (sum p_c + s) penalises probability spent on it. With ``smooth: 0`` a class with
+no predicted probability and no labelled pixel has D_c = 0/0: Eq. 1 is undefined for two
+empty sets, and scoring it 0 would make a perfect prediction lose 1/C per absent class, so
+such a class is left out of the mean (as mIoU leaves out a class absent from both
+prediction and ground truth); if every class is, the loss is 0.
 """
 
 from __future__ import annotations
@@ -30,7 +35,13 @@ class Dice(nn.Module):
         self.ignore_index = ignore_index
 
     def per_class(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """D_c for every class, [C]."""
+        """D_c for every class, [C]; NaN for a class whose denominator is 0 (only possible
+        with ``smooth`` 0: nothing predicted, nothing labelled)."""
+        num, den = self._terms(logits, labels)
+        return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), torch.nan)
+
+    def _terms(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Numerator and denominator of D_c for every class, [C] each."""
         check_labels("dice", logits, labels, self.ignore_index)
         valid = (labels != self.ignore_index).unsqueeze(1)  # [N, 1, H, W]
         probs = F.softmax(logits.float(), dim=1) * valid
@@ -38,9 +49,15 @@ class Dice(nn.Module):
         onehot = onehot.to(probs.dtype) * valid
         inter = (probs * onehot).sum(dim=(0, 2, 3))
         card = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
-        return (2.0 * inter + self.smooth) / (card + self.smooth).clamp_min(1e-12)
+        return 2.0 * inter + self.smooth, card + self.smooth
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not bool((labels != self.ignore_index).any()):
             return zero_loss(logits)
-        return 1.0 - self.per_class(logits, labels).mean()
+        num, den = self._terms(logits, labels)
+        counted = den > 0
+        if not bool(counted.any()):
+            return zero_loss(logits)
+        # the 0/0 classes are masked out before dividing: no NaN reaches the gradient
+        dice = num[counted] / den[counted]
+        return 1.0 - dice.mean()

@@ -115,7 +115,7 @@ def test_gra_gate_and_gradients():
 
 
 def test_gradnet_fusion_and_table1_layers():
-    m = GraDNet(8)                       # the paper's widths
+    m = GraDNet(8, structure="literal")  # the paper's widths, Table 1 alone
     convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
     assert len(convs) == 16                                                  # Conv1 .. Conv16
     assert convs[0].kernel_size == (11, 11) and convs[0].stride == (4, 4) and convs[0].out_channels == 128
@@ -129,3 +129,125 @@ def test_gradnet_fusion_and_table1_layers():
     m.gra.lam = 0.0
     f = m.conv1(x)
     assert torch.equal(f + f * m.gra(f), f)
+
+
+# ----------------------------------------------------------------------------- structure
+
+def test_literal_structure_is_the_former_model():
+    """``structure="literal"`` is GraDNet as it was before the residual reading: the figures
+    below were computed from the former code (same seed, same input, float64)."""
+    torch.manual_seed(0)
+    m = GraDNet(5, width=8, stack_width=4, structure="literal").double()
+    with torch.no_grad():
+        assert sum(p.numel() for p in m.parameters()) == 3573
+        assert float(sum(p.sum() for p in m.parameters())) == pytest.approx(49.26468006273808, rel=1e-12)
+        assert float(sum(p.square().sum() for p in m.parameters())) == pytest.approx(166.05088364944947, rel=1e-12)
+        x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        y = m.train()(x)
+    assert y.shape == (2, 5, 64, 96)
+    assert float(y.sum()) == pytest.approx(14677.192567729813, rel=1e-9)
+    assert float(y.square().sum()) == pytest.approx(131017.84684777325, rel=1e-9)
+    expected = [0.38400257178167535, 0.00200448413956181, -0.8382662231789857, 0.5333008540625133, 0.897621021779197]
+    assert y[1, :, 30, 50].tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert sum(p.numel() for p in GraDNet(19, structure="literal").parameters()) == 60_643
+
+
+@pytest.mark.parametrize("structure", ["residual", "literal"])
+def test_both_structures_give_logits_at_the_input_size(structure):
+    m = GraDNet(6, width=8, stack_width=4, structure=structure)
+    for size in ((64, 96), (128, 64)):
+        assert m(torch.randn(2, 3, *size)).shape == (2, 6, *size)
+
+
+def test_residual_structure_keeps_table1_and_adds_shortcuts_and_fusion():
+    from segbench.models.gradnet import ResidualPair
+
+    m = GraDNet(8)                                               # the paper's widths, the default structure
+    assert m.structure == "residual"
+    pairs = [mod for mod in m.modules() if isinstance(mod, ResidualPair)]
+    assert len(pairs) == 7                                       # 1x3/3x1 x 4 stages, 1x5/5x1 x 3
+    assert [(p.conv_a.kernel_size, p.conv_b.kernel_size) for p in pairs[:2]] == [((1, 3), (3, 1)), ((1, 5), (5, 1))]
+    assert [p.conv_a.out_channels for p in pairs] == [16, 8, 16, 8, 16, 8, 16]
+    assert [(p.conv_a.stride, p.conv_b.stride) for p in pairs[:2]] == [((1, 2), (2, 1)), ((1, 1), (1, 1))]
+    # every pair changes the channels: each shortcut is a 1x1 projection with the pair's stride
+    assert all(p.shortcut[0].kernel_size == (1, 1) for p in pairs)
+    assert [p.shortcut[0].stride for p in pairs] == [(2, 2), (1, 1), (2, 2), (1, 1), (2, 2), (1, 1), (1, 1)]
+    assert m.fuse[0].in_channels == 128 and m.fuse[0].out_channels == m.conv16.in_channels == 16
+    literal = GraDNet(8, structure="literal")
+    extra = sum(p.numel() for p in m.parameters()) - sum(p.numel() for p in literal.parameters())
+    # the extra parameters are the 1x1 convs (no bias) + BN (weight, bias) of the 7 shortcuts
+    # (stage 1: 128 -> 16, 16 -> 8; stages 2-3: 8 -> 16, 16 -> 8; stage 4: 8 -> 16) and of the fusion (128 -> 16)
+    by_hand = (128 * 16 + 32) + (16 * 8 + 16) + 2 * ((8 * 16 + 32) + (16 * 8 + 16)) + (8 * 16 + 32) + (128 * 16 + 32)
+    assert extra == by_hand
+
+
+def test_shortcut_carries_the_input():
+    """With the pair's convs zeroed, a block is exactly relu(shortcut(x)): the identity on a
+    non-negative input, or relu(BN(1x1 conv with the pair's stride)) where the shape changes."""
+    from segbench.models.gradnet import ResidualPair
+
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(2, 8, 12, 20))
+    same = ResidualPair(8, 8, 3).eval()
+    proj = ResidualPair(8, 4, 5, stride=2).eval()
+    for block in (same, proj):
+        with torch.no_grad():
+            block.conv_a.weight.zero_()
+            block.conv_b.weight.zero_()
+    with torch.no_grad():
+        assert isinstance(same.shortcut, torch.nn.Identity) and torch.equal(same(x), x)
+        conv, bn = proj.shortcut
+        bn.running_mean.uniform_(-0.5, 0.5)          # some statistics and affine terms, so BN is no identity
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+        z = F.conv2d(x, conv.weight, stride=2)
+        z = (z - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
+        expected = torch.relu(z * bn.weight[:, None, None] + bn.bias[:, None, None])
+        got = proj(x)
+    assert got.shape == (2, 4, 6, 10) and torch.allclose(got, expected, atol=1e-6)
+    # and the convs do contribute when they are not zero
+    torch.manual_seed(1)
+    fresh = ResidualPair(8, 8, 3).eval()
+    assert not torch.allclose(fresh(x), x)
+
+
+def test_fusion_brings_the_high_resolution_gra_features_to_conv16():
+    """The deep path silenced: the residual model still classifies the stem's gradient features
+    at H/4 (F + F * Gra(F), 1x1-projected); the literal one has only Conv16's bias left."""
+    x = torch.randn(1, 3, 64, 96)
+    for structure in ("residual", "literal"):
+        torch.manual_seed(0)
+        m = GraDNet(5, width=8, stack_width=4, structure=structure).eval()
+        seen = {}
+        m.conv16.register_forward_hook(lambda mod, inp, out: seen.update(size=tuple(inp[0].shape[-2:])))
+        m.stages = _Zero(m.stages)
+        with torch.no_grad():
+            y = m(x)
+            f = m.conv1(x)
+            f = f + f * m.gra(f)
+        if structure == "residual":
+            assert seen["size"] == (16, 24)                                   # H/4 x W/4
+            expected = m.conv16(torch.relu(m.fuse(f)))
+            assert torch.allclose(y, F.interpolate(expected, size=(64, 96), mode="bilinear", align_corners=False),
+                                  atol=1e-6)
+            assert y.std() > 0
+        else:
+            assert seen["size"] == (2, 3)                                     # H/32 x W/32
+            assert torch.allclose(y, m.conv16.bias[None, :, None, None].expand_as(y))
+
+
+class _Zero(torch.nn.Module):
+    """Stands for the asymmetric stack, returning zeros of its output's shape."""
+
+    def __init__(self, stages):
+        super().__init__()
+        self.stages = stages
+
+    def forward(self, f):
+        return torch.zeros_like(self.stages(f))
+
+
+def test_unknown_structure_fails_naming_the_values():
+    with pytest.raises(ValueError, match="structure='plain' is not allowed; allowed values: residual, literal"):
+        GraDNet(5, structure="plain")

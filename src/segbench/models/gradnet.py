@@ -1,8 +1,9 @@
 """GraDNet (Jia, Li, Li, "Pixel-level semantic segmentation based on gradient features",
 Proc. SPIE 12506, 2022): the Gra layer (Algorithms 1 and 2), its residual fusion and the
-asymmetric convolution stack of Table 1.
+asymmetric convolution stack of Table 1, with the paper's "residual structure" as we read it
+(``structure="residual"``, the default) or Table 1 taken literally (``structure="literal"``).
 
-Read top-down (Table 1; C = ``width``, S = ``stack_width``):
+Read top-down (Table 1; C = ``width``, S = ``stack_width``), the literal structure:
 
     image                                                                    H
     Conv1   11x11 / 4, C filters (128) - BN - ReLU                -> F       H/4
@@ -13,6 +14,15 @@ Read top-down (Table 1; C = ``width``, S = ``stack_width``):
     stage 3 Conv10 .. Conv13, the same                                                H/32
     stage 4 Conv14 1x3 S - Conv15 3x1 S                                               H/32
     max-pool 3x3 / 1;  Conv16 1x1 -> classes;  bilinear up-sampling to H
+
+The residual structure (``structure="residual"``, default) keeps every layer above and adds:
+
+    each conv pair (1x3 - 3x1, 1x5 - 5x1) is a ResNet basic block: relu(BN(second(relu(BN(first(x)))))
+        + shortcut(x)); the shortcut is the identity, or 1x1 conv (the pair's stride) + BN where the
+        channels or the size change (all seven pairs here: 128 -> 16, 16 -> 8, 8 -> 16 channels)
+    after the max-pool: Y = relu(up(Y_deep, H/4) + BN(1x1 conv(F')))          F' = F + F * G, H/4
+        (the deep H/32 features up-sampled bilinearly to the Gra map's size, plus the stem's
+        gradient features projected to their channels); then Conv16 at H/4 and up-sampling to H
 
 Gra layer (Algorithms 1 and 2), per channel of F: windows P_m of K x K pixels slide with
 stride l < K. Inside a window whose spread delta(P_m) is below lambda, the gradient
@@ -52,6 +62,18 @@ Interpretations (the paper is ambiguous; every choice below is ours):
 7. Windows tile the map after replicate-padding its bottom and right edges to a multiple
    of the stride (no pixel is left uncovered); the output is cropped back.
 8. Max-pool 3x3/1 with padding 1 keeps the size.
+9. Structure. The abstract, section 2.2 and the conclusion say the network is "designed on
+   ResNet's residual structure" and that "the residual structure fuses high-resolution and
+   low-resolution gradient features"; Figure 2, which would show where, is not in the text,
+   and Table 1 lists a plain chain. Our reading (``residual``, the default and the gradnet
+   study's): ResNet shortcuts around Table 1's conv pairs (post-activation basic blocks,
+   He et al. 2016; a pair's two convs play the block's two 3x3 convs; projection shortcuts,
+   option B, where the shape changes), and one fusion of the high-resolution (H/4) Gra
+   features with the low-resolution (H/32) output of the stack, by addition at H/4 before
+   Conv16 (as FCN/U-Net-style skips fuse resolutions; the 1x1 projection matches the
+   channels). ``literal`` is Table 1 alone (the only residual step the Gra fusion F + F * G).
+   The residual reading adds 1x1 projections and BNs only: 65,715 parameters against
+   60,643 for 19 classes at the paper's widths.
 """
 
 from __future__ import annotations
@@ -144,22 +166,65 @@ class AsymmetricStage(nn.Sequential):
         self.out_channels = max(s // 2, 1) if wide else s
 
 
+class ResidualPair(nn.Module):
+    """A ResNet basic block whose two convs are one of Table 1's asymmetric pairs:
+    ``relu(BN(k x 1 conv(relu(BN(1 x k conv(x))))) + shortcut(x))``, the stride along each
+    conv's long axis as in :class:`AsymmetricStage`; the shortcut is the identity, or a 1x1
+    conv (with the block's stride) + BN where the channels or the size change."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1):
+        super().__init__()
+        self.conv_a = nn.Conv2d(cin, cout, (1, k), stride=(1, stride), padding=(0, k // 2), bias=False)
+        self.bn_a = nn.BatchNorm2d(cout)
+        self.conv_b = nn.Conv2d(cout, cout, (k, 1), stride=(stride, 1), padding=(k // 2, 0), bias=False)
+        self.bn_b = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity() if cin == cout and stride == 1 else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn_b(self.conv_b(F.relu(self.bn_a(self.conv_a(x)))))
+        return F.relu(y + self.shortcut(x))
+
+
+class ResidualStage(nn.Sequential):
+    """Table 1's stage with a shortcut around each pair: [1x3 - 3x1] (S filters, the stage's
+    stride) then [1x5 - 5x1] (S/2 filters)."""
+
+    def __init__(self, cin: int, s: int, stride: int, wide: bool = True):
+        blocks = [ResidualPair(cin, s, 3, stride)]
+        if wide:
+            blocks.append(ResidualPair(s, max(s // 2, 1), 5))
+        super().__init__(*blocks)
+        self.out_channels = max(s // 2, 1) if wide else s
+
+
+STRUCTURES = ("residual", "literal")
+
+
 class GraDNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 128, stack_width: int = 16,
                  gra_window: int = 3, gra_stride: int = 1, gra_lambda: float = 1.0,
-                 stage_strides: list[int] = (2, 2, 2, 1)):
+                 stage_strides: list[int] = (2, 2, 2, 1), structure: str = "residual"):
         super().__init__()
         if len(stage_strides) != 4 or any(s not in (1, 2) for s in stage_strides):
             raise ValueError(f"stage_strides must be four values of 1 or 2, got {list(stage_strides)}")
+        if structure not in STRUCTURES:
+            raise ValueError(f"gradnet: structure={structure!r} is not allowed; allowed values: "
+                             f"{', '.join(STRUCTURES)}")
+        self.structure = structure
         self.conv1 = _cbr(in_channels, width, (11, 11), (4, 4))
         self.gra = GraLayer(gra_window, gra_stride, gra_lambda)
+        stage_cls = ResidualStage if structure == "residual" else AsymmetricStage
         stages, cin = [], width
         for i, s in enumerate(stage_strides):
-            stage = AsymmetricStage(cin, stack_width, s, wide=i < 3)
+            stage = stage_cls(cin, stack_width, s, wide=i < 3)
             stages.append(stage)
             cin = stage.out_channels
         self.stages = nn.Sequential(*stages)
         self.pool = nn.MaxPool2d(3, stride=1, padding=1)
+        if structure == "residual":
+            # the stem's high-resolution gradient features, projected to the deep features' channels
+            self.fuse = nn.Sequential(nn.Conv2d(width, cin, 1, bias=False), nn.BatchNorm2d(cin))
         self.conv16 = nn.Conv2d(cin, num_classes, 1)
         init_weights(self)
 
@@ -167,5 +232,8 @@ class GraDNet(nn.Module):
         check_input(x, 32, "gradnet")
         f = self.conv1(x)
         f = torch.addcmul(f, f, self.gra(f))     # residual fusion of the gradient features: F + F * G
-        y = self.conv16(self.pool(self.stages(f)))
-        return upsample_like(y, x.shape[-2:])
+        y = self.pool(self.stages(f))
+        if self.structure == "residual":
+            # high- and low-resolution gradient features fused at H/4: up-sampled deep + projected stem
+            y = F.relu(upsample_like(y, f.shape[-2:]) + self.fuse(f))
+        return upsample_like(self.conv16(y), x.shape[-2:])

@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from segbench.engine.common import setup_torch, synchronize, use_channels_last
 from segbench.models import build_model
 from segbench.models.common import count_parameters
+from segbench.models.pretrained import without_pretrained
 
 
 def count_macs(model: torch.nn.Module, size: tuple[int, int], in_channels: int = 3) -> int:
@@ -38,7 +39,7 @@ def profile_model(arch: str, params: dict, num_classes: int, size: tuple[int, in
                   channels_last: bool | str = "auto") -> dict:
     device = setup_torch(threads, deterministic=False)
     nhwc = use_channels_last(channels_last, device)
-    model = build_model(arch, num_classes, **params).eval()
+    model = build_model(arch, num_classes, **without_pretrained(params)).eval()  # random weights time the same
     n_params = count_parameters(model)  # without train-only heads (e.g. FRM's embedding head)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)

@@ -51,6 +51,7 @@ __all__ = [
     "free_bytes",
     "check_free_space",
     "download",
+    "download_part",
     "md5sum",
     "verify",
     "expected_md5",
@@ -143,6 +144,10 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
     return first, (int(total) if total.strip().isdigit() else None)
 
 
+#: what a failed request's message suggests for a wrong URL (datasets' default)
+DATASET_URL_HINT = "a dataset's `download.urls` in the config overrides the official one"
+
+
 def download(
     url: str,
     dest: str | os.PathLike[str],
@@ -159,13 +164,38 @@ def download(
     :func:`verify` checks it). After ``retries`` failed resumptions within this call the
     ``.part`` file is kept and :class:`DataError` says to run again to resume.
     """
-    import requests
-    import urllib3
-
     dest = Path(dest)
     if dest.exists():
         print(f"{dest} is already downloaded")
         return dest
+    part = download_part(url, dest, session=session, progress=progress, retries=retries, timeout=timeout,
+                         backoff=backoff)
+    os.replace(part, dest)
+    print(f"downloaded {dest} ({human_bytes(dest.stat().st_size)})")
+    return dest
+
+
+def download_part(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    session: Any = None,
+    progress: bool = True,
+    retries: int = 3,
+    timeout: float = 60.0,
+    backoff: float = 1.0,
+    url_hint: str = DATASET_URL_HINT,
+) -> Path:
+    """The loop of :func:`download` without the final rename: fetch ``url`` into
+    ``{dest}.part`` (resumed with HTTP Range, within this call and across calls) and return
+    that complete ``.part`` file, for a caller that checks it before moving it to ``dest``
+    (:func:`segbench.weights.fetch_weights`). ``url_hint`` says, in the message of an HTTP
+    error, where a user sets another URL.
+    """
+    import requests
+    import urllib3
+
+    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     http = session or requests.Session()
@@ -190,8 +220,7 @@ def download(
                         raise _Incomplete(f"server error {r.status_code} {r.reason}")
                     raise DataError(
                         f"downloading {url} failed: the server answered {r.status_code} {r.reason}; check the URL "
-                        "(a dataset's `download.urls` in the config overrides the official one) and that the "
-                        "file is still published there"
+                        f"({url_hint}) and that the file is still published there"
                     )
                 if r.status_code == 206:
                     first, total = _content_range(r.headers.get("Content-Range"))
@@ -235,20 +264,23 @@ def download(
             print(f"{dest.name}: connection lost at {human_bytes(size)} ({e.__class__.__name__}); "
                   f"resuming (attempt {attempt}/{retries})", file=sys.stderr)
             time.sleep(backoff * 2 ** (attempt - 2) if attempt > 1 else 0)  # at once, then 1, 2, 4 ... s
-    os.replace(part, dest)
-    print(f"downloaded {dest} ({human_bytes(dest.stat().st_size)})")
-    return dest
+    return part
 
 
 # ------------------------------------------------------------------ verify
-def md5sum(path: str | os.PathLike[str], *, progress: bool = True) -> str:
+def file_digest(path: str | os.PathLike[str], algorithm: str, *, progress: bool = True) -> str:
+    """The hex digest (``hashlib`` ``algorithm``: md5, sha256) of a file, read in chunks."""
     path = Path(path)
-    h = hashlib.md5()
-    with open(path, "rb") as f, progress_bar(path.stat().st_size, f"md5 {path.name}", progress) as bar:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f, progress_bar(path.stat().st_size, f"{algorithm} {path.name}", progress) as bar:
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
             bar.update(len(block))
     return h.hexdigest()
+
+
+def md5sum(path: str | os.PathLike[str], *, progress: bool = True) -> str:
+    return file_digest(path, "md5", progress=progress)
 
 
 def expected_md5(archive: str | os.PathLike[str], source: str | None = None, override: str | None = None) -> str:

@@ -23,6 +23,7 @@ from segbench.engine.common import progress_kwargs, setup_torch, trained_channel
 from segbench.io import atomic_path, read_json, write_json
 from segbench.metrics import confusion_matrix, scores
 from segbench.models import build_model
+from segbench.models.pretrained import without_pretrained
 
 
 def load_trained(run_dir: str | Path, device: torch.device | str = "cpu"):
@@ -40,7 +41,8 @@ def load_trained(run_dir: str | Path, device: torch.device | str = "cpu"):
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"{run_dir / 'run.json'} is not a complete run record ({e.__class__.__name__}: {e}); "
                         f"{retrain}") from None
-    model = build_model(spec["arch"], num_classes, **spec["params"])
+    # the trained weights replace everything: no ImageNet checkpoint is read (or needed) here
+    model = build_model(spec["arch"], num_classes, **without_pretrained(spec["params"]))
     try:
         state = torch.load(run_dir / "model.pt", map_location=device, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:  # truncated or foreign

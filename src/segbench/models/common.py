@@ -28,7 +28,8 @@ def check_input(x: torch.Tensor, multiple: int = 32, name: str = "model") -> Non
 
 
 def init_weights(module: nn.Module) -> None:
-    """The repository's random-initialisation scheme (no pretrained weights exist here).
+    """The repository's random-initialisation scheme (a ``pretrained`` backbone is loaded over it
+    afterwards, models/pretrained.py).
 
     Convolutions: Kaiming-normal, fan-out, ReLU gain (He et al. 2015, torchvision's ResNet
     scheme); biases 0. Linear layers: truncated normal, std 0.02. Batch/layer/group norms:

@@ -23,6 +23,15 @@ flow alignment in the FPN (on: it reproduces the paper's PPM and DAPPM parameter
 exactly, fpn.py); FRM's ``reduction`` (q, k, g at C/4) and ``ffn_ratio`` (heads/frm.py);
 PPM's ``bins``; DAPPM's ``branch_dim`` (default decoder_dim, 128 as DDRNet-23).
 Parameter and MAC totals against Table 2: docs/models.md.
+
+``pretrained`` (the paper starts from "the pretrained VAN"): the backbone is loaded, after
+initialisation, from VAN-Classification's ImageNet checkpoint: a registered name
+(``van:b0`` / ``van:b1`` / ``van:b2``, each into its own variant at the paper width) looked
+up in the weights folder (segbench.weights; never downloaded here), or the path of a
+checkpoint file in that key layout. The mapping is strict (models/pretrained.py); the
+context module, FPN, classifier and embedding head keep their initialisation.
+``model.pretrained_info`` holds what was loaded (source, file, sha256, tensors), None
+without ``pretrained``.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from segbench.models.fpn import FPNDecoder
 from segbench.models.heads.dappm import DAPPM
 from segbench.models.heads.frm import FRM, pool_to
 from segbench.models.heads.ppm import PPM
+from segbench.models.pretrained import load_pretrained
 
 
 class StagesConcat(nn.Module):
@@ -58,7 +68,7 @@ class VanFPN(nn.Module):
 
     def __init__(self, num_classes: int, context_fn, in_channels: int = 3, variant: str = "b1",
                  width: int | None = None, decoder_dim: int | None = None, drop_path: float = 0.1,
-                 embedding_dim: int = 256, flow_align: bool = True):
+                 embedding_dim: int = 256, flow_align: bool = True, pretrained: str | None = None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"VAN variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -73,6 +83,7 @@ class VanFPN(nn.Module):
         init_weights(self.decoder)
         init_weights(self.classifier)
         init_weights(self.embed_head)
+        self.pretrained_info = load_pretrained(self, pretrained) if pretrained else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, 32, self.name)
@@ -93,9 +104,10 @@ class VanFpnFrm(VanFPN):
 
     def __init__(self, num_classes: int, in_channels: int = 3, variant: str = "b1", width: int | None = None,
                  decoder_dim: int | None = None, drop_path: float = 0.1, embedding_dim: int = 256,
-                 flow_align: bool = True, reduction: int = 4, ffn_ratio: float = 0.25):
+                 flow_align: bool = True, reduction: int = 4, ffn_ratio: float = 0.25,
+                 pretrained: str | None = None):
         super().__init__(num_classes, lambda dims, dim: FRM(dims, dim, reduction, ffn_ratio), in_channels, variant,
-                         width, decoder_dim, drop_path, embedding_dim, flow_align)
+                         width, decoder_dim, drop_path, embedding_dim, flow_align, pretrained)
 
 
 class VanFpnPpm(VanFPN):
@@ -103,9 +115,9 @@ class VanFpnPpm(VanFPN):
 
     def __init__(self, num_classes: int, in_channels: int = 3, variant: str = "b1", width: int | None = None,
                  decoder_dim: int | None = None, drop_path: float = 0.1, embedding_dim: int = 256,
-                 flow_align: bool = True, bins: list[int] = (1, 2, 3, 6)):
+                 flow_align: bool = True, bins: list[int] = (1, 2, 3, 6), pretrained: str | None = None):
         super().__init__(num_classes, lambda dims, dim: StagesConcat(PPM(sum(dims), dim, tuple(bins))), in_channels,
-                         variant, width, decoder_dim, drop_path, embedding_dim, flow_align)
+                         variant, width, decoder_dim, drop_path, embedding_dim, flow_align, pretrained)
 
 
 class VanFpnDappm(VanFPN):
@@ -113,6 +125,6 @@ class VanFpnDappm(VanFPN):
 
     def __init__(self, num_classes: int, in_channels: int = 3, variant: str = "b1", width: int | None = None,
                  decoder_dim: int | None = None, drop_path: float = 0.1, embedding_dim: int = 256,
-                 flow_align: bool = True, branch_dim: int | None = None):
+                 flow_align: bool = True, branch_dim: int | None = None, pretrained: str | None = None):
         super().__init__(num_classes, lambda dims, dim: StagesConcat(DAPPM(sum(dims), branch_dim or dim, dim)),
-                         in_channels, variant, width, decoder_dim, drop_path, embedding_dim, flow_align)
+                         in_channels, variant, width, decoder_dim, drop_path, embedding_dim, flow_align, pretrained)

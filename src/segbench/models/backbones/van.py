@@ -18,7 +18,8 @@ b2 the b1 dims with depths 3, 3, 12, 3; MLP ratios 8, 8, 4, 4.
 ``width`` replaces the first stage's dims, the others keeping the ratios 1 : 2 : 5 : 8
 (exact for b0 = 32 and b1/b2 = 64), so a CPU config can shrink the same network.
 Initialisation: Kaiming (fan-out) for convs as the authors' ``_init_weights`` (normal with
-std sqrt(2 / fan_out)), norms 1/0, layer scale 0.01. No ImageNet pretraining here.
+std sqrt(2 / fan_out)), norms 1/0, layer scale 0.01. The VAN-FPN models' ``pretrained`` option fills this
+backbone from VAN-Classification's ImageNet checkpoints (models/pretrained.py).
 """
 
 from __future__ import annotations

@@ -262,7 +262,7 @@ def main(argv=None) -> int:
             ld = loader_throughput(data, tspec, batches)
             epoch_s = ld["first_s"] + (n_train - ld["batch"]) / ld["steady"]
             per_epoch = n_train / epoch_s
-            aug = (f"scale {tspec['scale']}, photometric {tspec.get('photometric', True)}, "
+            aug = (f"scale {tspec['scale']}, photometric {tspec.get('photometric', False)}, "
                    f"hflip {tspec.get('hflip', True)}")
             print(f"  {label}: loader {ld['steady']:.1f} img/s steady ({ld['workers']} worker(s), batch {ld['batch']}, "
                   f"{aug}), first batch {ld['first_s']:.2f} s; {key} trains {need:.2f} img/s")

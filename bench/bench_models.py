@@ -50,8 +50,8 @@ from segbench.models.common import count_parameters  # noqa: E402
 CPU_PRESETS: dict[str, dict] = {
     "unet": {"width": 16},
     "segnet": {"width": 16},
-    "gradnet": {},                                       # the paper's widths are already small
-    "deeplabv3": {"depth": 50, "width": 16},
+    "gradnet": {"structure": "residual"},                # the paper's widths are already small
+    "deeplabv3": {"depth": 50, "width": 16, "head_conv": False, "dropout": 0.0},   # the PAC study's baseline
     "deeplabv3_pac": {"depth": 50, "width": 16},
     "van_fpn_frm": {"width": 16},
     "van_fpn_ppm": {"width": 16},

@@ -198,3 +198,40 @@ def test_cli_models_table(capsys):
     assert lines[0].startswith("| model | classes | params | GMACs @512x1024 |") and lines[2].startswith("| gradnet |")
     assert main(["models", "unett"]) == 2
     assert "known models: unet, segnet" in capsys.readouterr().err
+
+
+def test_pac_study_baseline_differs_from_pac_by_the_context_module_only():
+    """The PAC study's DeepLabV3 (head_conv false, dropout 0) and ResNet + PAC (variant paper):
+    the same backbone (parameter and buffer names and shapes), one 1x1 classifier with bias
+    and nothing else outside the context module (ASPP / the 1x1, pooling and PAC branches)."""
+    context = ("aspp.", "conv1x1.", "pool.", "pac.", "project.")
+
+    def outside(m):
+        return {n: tuple(t.shape) for n, t in m.state_dict().items() if not n.startswith(context)}
+
+    def head(m):
+        return {n: s for n, s in outside(m).items() if not n.startswith("backbone.")}
+
+    def has_dropout(m):
+        return any(isinstance(mod, torch.nn.Dropout) for mod in m.modules())
+
+    pac = build_model("deeplabv3_pac", 21, depth=50, width=4, variant="paper")
+    base = build_model("deeplabv3", 21, depth=50, width=4, head_conv=False, dropout=0.0)
+    backbone = {n: s for n, s in outside(base).items() if n.startswith("backbone.")}
+    assert len(backbone) > 100
+    assert backbone == {n: s for n, s in outside(pac).items() if n.startswith("backbone.")}
+    assert set(head(base)) == set(head(pac)) == {"classifier.weight", "classifier.bias"}
+    # the classifier reads the context module's output: ASPP's 256-channel projection (4 x width = 16
+    # here), PAC's 3 x 256 concatenation (48)
+    assert head(base)["classifier.weight"] == (21, 16, 1, 1) and head(pac)["classifier.weight"] == (21, 48, 1, 1)
+    assert not has_dropout(base) and not has_dropout(pac)
+    # the defaults (torchvision's head) would not be this baseline: a 3x3 head conv and dropout
+    default = build_model("deeplabv3", 21, depth=50, width=4)
+    assert any(n.startswith("head_conv.") for n in outside(default)) and has_dropout(default)
+    # the shipped configs' pac_bal studies use the baseline form
+    for name in ("config.yaml", "workflow/configs/paper.yaml"):
+        cfg = yaml.safe_load((ROOT / name).read_text())
+        models = {m for m in cfg["studies"]["pac_bal"]["models"] if cfg["models"][m]["arch"] == "deeplabv3"}
+        assert models == {"deeplabv3"}
+        params = cfg["models"]["deeplabv3"]["params"]
+        assert params["head_conv"] is False and params["dropout"] == 0, name

@@ -3,6 +3,9 @@
 The run's resolved spec (see :mod:`segbench.plan`) fully determines the result on CPU:
 every epoch re-seeds torch and the DataLoader's generator from (seed, epoch), so a run
 resumed from the checkpoint of epoch e continues exactly as an uninterrupted one would.
+The augmentation is :func:`segbench.data.transforms.train_transform` of the ``train`` spec;
+``train.bn_momentum`` (when set) becomes the momentum of every batch norm of the model when
+it is built (:func:`set_bn_momentum`; the PAC paper's decay 0.9997 is momentum 0.0003).
 
 On a GPU a job trains with AMP (float16 autocast + gradient scaling, ``train.amp``),
 channels_last tensors (faster convolutions on tensor cores) and cudnn.benchmark (see
@@ -122,6 +125,22 @@ def loader_workers(configured: int, cpus: int, threads: int, device: torch.devic
     return max(configured, cpus - threads)
 
 
+def set_bn_momentum(model: torch.nn.Module, momentum: float | None) -> int:
+    """Set ``momentum`` on every batch norm of ``model`` (``train.bn_momentum``); returns how
+    many. None leaves torch's default (0.1). torch's momentum is 1 - the decay of TF's moving
+    average: running = (1 - momentum) * running + momentum * batch statistic, so the PAC
+    paper's "batch-norm decay 0.9997" is momentum 0.0003."""
+    if momentum is None:
+        return 0
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 < momentum <= 1:
+        raise ValueError(f"train.bn_momentum={momentum!r} is not allowed; expected a number in (0, 1] "
+                         "(1 - the batch-norm decay, e.g. 0.0003 for a decay of 0.9997) or null")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = float(momentum)
+    return len(norms)
+
+
 def make_optimizer(model: torch.nn.Module, spec: dict) -> torch.optim.Optimizer:
     if spec["optimizer"] == "sgd":
         return torch.optim.SGD(model.parameters(), lr=spec["lr"], momentum=spec["momentum"],
@@ -239,6 +258,7 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
         # the same initial weights on a rebuild (after a checkpoint that failed to load)
         torch.set_rng_state(init_rng)
         model = build_model(spec["model"]["arch"], num_classes, **spec["model"]["params"]).to(device)
+        set_bn_momentum(model, tr.get("bn_momentum"))
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         opt = make_optimizer(model, tr)
@@ -247,6 +267,10 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
         return model, opt, sched, scaler
 
     model, opt, sched, scaler = build()
+    pretrained = getattr(model, "pretrained_info", None)  # ImageNet backbone weights (params.pretrained)
+    if pretrained:
+        print(f"pretrained backbone: {pretrained['source']} from {pretrained['file']} (sha256 "
+              f"{pretrained['sha256']}, {pretrained['tensors']} tensors)", flush=True)
     loss_fn = build_loss({k: v for k, v in spec["loss"].items() if k != "name"}).to(device)
     needs_embeddings = bool(getattr(loss_fn, "needs_embeddings", False))
     if needs_embeddings and not hasattr(model, "forward_train"):
@@ -381,7 +405,7 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
         "loss": spec["loss"]["name"], "seed": seed, "config": spec, "config_hash": chash,
         "num_classes": num_classes, "class_names": meta["class_names"], "palette": meta["palette"],
         "device": str(device), "threads": torch.get_num_threads(), "workers": workers, "amp": amp,
-        "channels_last": channels_last,
+        "channels_last": channels_last, "pretrained": pretrained,
         "epochs": epochs, "on_nonfinite": on_nonfinite,
         "skipped_batches": sum(int(r.get("skipped_batches") or 0) for r in history),
         "train_seconds": sum(r["epoch_seconds"] for r in history),

@@ -1,7 +1,8 @@
 """The U-Net vs SegNet report's Figure 6: one image through the training augmentations.
 
 Panels: original, horizontal flip, blur, rain, snow (the transforms of
-``segbench.data.transforms.augmentation_examples``, albumentations with ``p=1``), and, when
+``segbench.data.transforms.augmentation_examples``, albumentations with ``p=1``: the
+definitions ``train.augment`` trains with, ``segbench.data.transforms.AUGMENTATIONS``), and, when
 a label is given, a second row with the label overlaid on each panel: the geometric
 transform (flip) moves the label with the image, the photometric ones leave it as it is.
 Every panel is seeded (``A.Compose(..., seed=seed)``), so one seed always gives the same

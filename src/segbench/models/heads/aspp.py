@@ -4,7 +4,8 @@ Five parallel branches on the backbone feature, each ending in BN + ReLU:
 a 1x1 conv, three 3x3 convs with atrous ``rates`` (6, 12, 18 at output stride 16; doubled
 at 8), and image pooling (global average -> 1x1 conv -> bilinear back to the map).
 They are concatenated and projected by a 1x1 conv (+ BN + ReLU) to ``channels`` (256).
-Dropout 0.5 after the projection, as torchvision's reference (not in the paper's text).
+Dropout 0.5 after the projection, as torchvision's reference (not in the paper's text;
+``dropout=0`` puts none there).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class ASPP(nn.Module):
             [conv_bn_relu(cin, channels, k=1)]
             + [conv_bn_relu(cin, channels, k=3, dilation=r) for r in rates]
             + [ImagePooling(cin, channels)])
-        self.project = nn.Sequential(*conv_bn_relu(len(self.branches) * channels, channels, k=1), nn.Dropout(dropout))
+        self.project = nn.Sequential(*conv_bn_relu(len(self.branches) * channels, channels, k=1),
+                                     nn.Dropout(dropout) if dropout > 0 else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(torch.cat([b(x) for b in self.branches], dim=1))

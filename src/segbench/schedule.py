@@ -40,14 +40,9 @@ LOW, HIGH = 1.0, 1000.0  # the trainings' priorities; every other step is above 
 
 def train_images(dataset: dict) -> int:
     """Images of one epoch: a synthetic set's configured count, a real set's published one."""
-    if dataset["source"] == "synthetic":
-        return int(dataset["generate"]["train"])
-    from importlib import import_module
+    from segbench.plan import split_images
 
-    module = import_module(f"segbench.data.{dataset['source']}")
-    if dataset["source"] == "voc" and dataset.get("trainaug", True):
-        return int(getattr(module, "TRAINAUG_SIZE"))
-    return int(module.SPLIT_SIZES["train"])
+    return split_images(dataset, "train")
 
 
 def _key(arch: str, params: dict, classes: int, crop) -> str:
@@ -98,6 +93,7 @@ def count_work(arch: str, params: dict, classes: int, crop) -> list[int]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from segbench.models import build_model
+    from segbench.models.pretrained import without_pretrained
 
     class Writes(TorchDispatchMode):
         def __init__(self):
@@ -112,7 +108,7 @@ def count_work(arch: str, params: dict, classes: int, crop) -> list[int]:
             return out
 
     with torch.device("meta"):
-        model = build_model(arch, classes, **params).eval()
+        model = build_model(arch, classes, **without_pretrained(params)).eval()  # shapes only
         x = torch.zeros(1, 3, *crop)
     counter, writes = FlopCounterMode(display=False), Writes()
     with torch.no_grad(), counter, writes:

@@ -9,14 +9,15 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test test-fast lint dry-run mlflow-ui serve browser test-serve bench schedule-counts clean help
+.PHONY: install run test test-fast lint dry-run mlflow-ui serve browser test-serve bench schedule-counts clean help paper-smoke
 
 help:
 	@echo "make run       install, then run the default pipeline (config.yaml) with snakemake --cores $(CORES)"
-	@echo "make test      install, then run the test suite (unit + end-to-end)"
+	@echo "make test      install, then run the test suite (unit + end-to-end); CI runs make paper-smoke after it"
+	@echo "make paper-smoke  every job of workflow/configs/paper.yaml on CPU on miniature data (~3 min, ~9 GB in $(PAPER_SMOKE_DIR))"
 	@echo "make dry-run   list the jobs of the default config"
 	@echo "make lint      snakemake --lint"
-	@echo "make mlflow-ui open the MLflow UI on results/mlflow.db (http://127.0.0.1:5000)"
+	@echo "make mlflow-ui open the MLflow UI on $(RESULTS)/mlflow.db (http://127.0.0.1:5000); RESULTS=results/paper: paper.yaml's"
 	@echo "make serve     web app segmenting uploads with the best run of STUDY (default unet_segnet), or RUN=dir"
 	@echo "make browser   install Debian's chromium-headless-shell for the browser test (root, apt-get)"
 	@echo "make run-local the local profile (workflow/profiles/default); make run-slurm: the SLURM profile"
@@ -49,15 +50,25 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
+# `make paper-smoke`: all jobs of workflow/configs/paper.yaml (every study, ablation and the
+# cross study, paper-width models) on CPU, 2 cores, against miniature datasets and checkpoints
+# in the publishers' layouts served on 127.0.0.1 (scripts/paper_smoke.py); results in
+# $(PAPER_SMOKE_DIR), deleted at its next start. CI runs it after `make test`.
+PAPER_SMOKE_DIR ?= /tmp/segbench-paper-smoke
+paper-smoke: install
+	$(BIN)/python scripts/paper_smoke.py --dir $(PAPER_SMOKE_DIR) --cores 2
+
+# RESULTS: the config's `results:` folder (config.yaml: results; workflow/configs/paper.yaml: results/paper)
+RESULTS ?= results
 mlflow-ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RESULTS)/mlflow.db --host 127.0.0.1 --port 5000
 
 # `make serve` serves the best run of $(STUDY) by val mIoU; `make serve RUN=results/runs/...` a given run.
 STUDY ?= unet_segnet
 HOST  ?= 127.0.0.1
 PORT  ?= 8000
 serve: install
-	$(BIN)/segbench serve $(if $(RUN),$(RUN),--study $(STUDY)) --host $(HOST) --port $(PORT)
+	$(BIN)/segbench serve $(if $(RUN),$(RUN),--study $(STUDY) --results $(RESULTS)) --host $(HOST) --port $(PORT)
 
 browser:
 	bash scripts/install_browser.sh
@@ -98,5 +109,8 @@ mlflow-server-stop:
 test-slurm: install
 	PYTHON=$(abspath $(BIN))/python bash scripts/test_slurm.sh
 
+# results/ holds every config's folder (paper.yaml's results/paper too, with its downloads);
+# the smoke's folder only if it is the smoke's (it holds the script's marker file)
 clean:
 	rm -rf results .snakemake
+	if [ -f $(PAPER_SMOKE_DIR)/.segbench-paper-smoke ]; then rm -rf $(PAPER_SMOKE_DIR); fi

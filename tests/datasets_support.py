@@ -57,6 +57,10 @@ def tar_bytes(files: dict[str, bytes], mode: str = "w") -> bytes:
     """A tar (``mode="w"``) or gzipped tar (``"w:gz"``) holding ``files``."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for d in sorted({name.rsplit("/", 1)[0] for name in files if "/" in name}):
+            info = tarfile.TarInfo(d)  # real archives list their folders too
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tf.addfile(info)
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)

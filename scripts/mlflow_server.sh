@@ -2,21 +2,23 @@
 # Start / stop an MLflow tracking server for segbench (e.g. on a cluster's head node).
 #
 #   scripts/mlflow_server.sh start [options]    start in the background, wait until it answers
-#   scripts/mlflow_server.sh stop  [--state-dir DIR]
-#   scripts/mlflow_server.sh status [--state-dir DIR]
+#   scripts/mlflow_server.sh stop  [--results DIR | --state-dir DIR]
+#   scripts/mlflow_server.sh status [--results DIR | --state-dir DIR]
 #
 # start options (defaults in brackets):
 #   --host ADDR          interface to bind [127.0.0.1: this machine only]. For jobs on compute
 #                        nodes use the head node's cluster-internal address, or 0.0.0.0.
 #   --port N             [5000]
-#   --backend URI|PATH   the store: a sqlite file or URI [sqlite:///$PWD/results/mlflow.db, the
+#   --results DIR        the config's `results:` folder, where the defaults below go [results;
+#                        workflow/configs/paper.yaml: results/paper]
+#   --backend URI|PATH   the store: a sqlite file or URI [sqlite:///$PWD/RESULTS/mlflow.db, the
 #                        same store local runs use], or postgresql://USER:PASS@HOST:5432/DB
 #                        (needs `pip install psycopg2-binary` in the venv)
-#   --artifacts DIR|URI  where the server keeps artifacts it receives [$PWD/results/mlartifacts]
+#   --artifacts DIR|URI  where the server keeps artifacts it receives [$PWD/RESULTS/mlartifacts]
 #   --allowed-hosts LIST Host headers accepted (MLflow's DNS-rebinding guard) [loopback, private
 #                        IPs, and the --host address and this machine's names with any port]
 #   --workers N          [1: enough for a benchmark, and sqlite likes one writer]
-#   --state-dir DIR      where the PID file, log and URL go [results/mlflow-server]
+#   --state-dir DIR      where the PID file, log and URL go [RESULTS/mlflow-server]
 #   --wait SECONDS       how long to wait for it to answer [180]
 #
 # The PID written is that of the server's process group (it is started with setsid);
@@ -30,11 +32,12 @@ usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0
 die() { echo "mlflow_server.sh: error: $*" >&2; exit 2; }
 
 cmd="${1:-}"; [[ -n "$cmd" ]] || { usage; exit 2; }; shift
-HOST=127.0.0.1 PORT=5000 BACKEND="" ARTIFACTS="" ALLOWED="" WORKERS=1 STATE_DIR=results/mlflow-server WAIT=180
+HOST=127.0.0.1 PORT=5000 BACKEND="" ARTIFACTS="" ALLOWED="" WORKERS=1 RESULTS=results STATE_DIR="" WAIT=180
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --host) HOST="$2"; shift 2 ;;
     --port) PORT="$2"; shift 2 ;;
+    --results) RESULTS="$2"; shift 2 ;;
     --backend) BACKEND="$2"; shift 2 ;;
     --artifacts) ARTIFACTS="$2"; shift 2 ;;
     --allowed-hosts) ALLOWED="$2"; shift 2 ;;
@@ -45,6 +48,7 @@ while [[ $# -gt 0 ]]; do
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
+STATE_DIR="${STATE_DIR:-$RESULTS/mlflow-server}"
 PIDFILE="$STATE_DIR/server.pid"
 LOG="$STATE_DIR/server.log"
 
@@ -87,14 +91,14 @@ start() {
   mkdir -p "$STATE_DIR"
   # the store
   case "$BACKEND" in
-    "") mkdir -p results; BACKEND="sqlite:///$(cd results && pwd)/mlflow.db" ;;
+    "") mkdir -p "$RESULTS"; BACKEND="sqlite:///$(cd "$RESULTS" && pwd)/mlflow.db" ;;
     sqlite:*|postgresql*|mysql*|mssql*) ;;
     *) mkdir -p "$(dirname "$BACKEND")"; BACKEND="sqlite:///$(cd "$(dirname "$BACKEND")" && pwd)/$(basename "$BACKEND")" ;;
   esac
   if [[ "$BACKEND" == postgresql* ]] && ! "$PYTHON" -c "import psycopg2" 2>/dev/null; then
     die "a PostgreSQL store needs psycopg2 in the venv: $PYTHON -m pip install psycopg2-binary"
   fi
-  if [[ -z "$ARTIFACTS" ]]; then mkdir -p results/mlartifacts; ARTIFACTS="$(cd results/mlartifacts && pwd)"; fi
+  if [[ -z "$ARTIFACTS" ]]; then mkdir -p "$RESULTS/mlartifacts"; ARTIFACTS="$(cd "$RESULTS/mlartifacts" && pwd)"; fi
   [[ "$ARTIFACTS" == *://* || "$ARTIFACTS" == /* ]] || { mkdir -p "$ARTIFACTS"; ARTIFACTS="$(cd "$ARTIFACTS" && pwd)"; }
 
   local args=(server --backend-store-uri "$BACKEND" --artifacts-destination "$ARTIFACTS"

@@ -122,7 +122,7 @@ def test_configfile_replaces_config_yaml(tmp_path):
     bin_dir = Path(sys.executable).parent
     proc = subprocess.run([str(bin_dir / "snakemake"), "-n", "-p", "--configfile", str(PAPER),
                            "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"),
-                           "results/runs/voc_aug/deeplabv3/ce/s0/run.json"],
+                           "results/paper/runs/voc_aug/deeplabv3/ce/s0/run.json"],  # paper.yaml's results: folder
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     train = [line for line in proc.stdout.splitlines() if "segbench train" in line]
@@ -140,14 +140,14 @@ def test_paper_matrix_when_models_and_losses_exist():
     if missing:
         pytest.skip(f"paper.yaml names architectures/losses not registered yet: {', '.join(missing)}")
     plan = Plan(validate_config(paper))
-    # main matrices 2 + 2 + 4 + 4 + 3 + 1 = 16 runs; ablations: Table 1's 14 BAL settings and
-    # Table 2's 7 PAC variants; the cross study: 13 (model, loss) pairs on cityscapes, of
-    # which the frm study already has 3
+    # main matrices 4 + 2 + 4 + 4 + 3 + 1 = 18 runs (unet_segnet: two models, each without and
+    # with augmentation); ablations: Table 1's 14 BAL settings and Table 2's 7 PAC variants; the
+    # cross study: 15 (model, loss) pairs on cityscapes, of which the frm study already has 3
     main = {r for s in ("unet_segnet", "unet_segnet_classic", "gradnet", "pac_bal", "frm", "frm_bdd100k")
             for r in plan.studies[s] if plan.groups[(s, r)] != ["bal_grid"] and plan.groups[(s, r)] != ["pac_variants"]}
-    assert len(main) == 16
+    assert len(main) == 18
     assert sum(1 for r in plan.studies["pac_bal"] if "bal_grid" in plan.groups[("pac_bal", r)]) == 14
     assert sum(1 for r in plan.studies["pac_bal"] if "pac_variants" in plan.groups[("pac_bal", r)]) == 7
-    assert len(plan.studies["cross_study"]) == 13
-    assert len(plan.runs) == 16 + 14 + 7 + 13 - 3
+    assert len(plan.studies["cross_study"]) == 15
+    assert len(plan.runs) == 18 + 14 + 7 + 15 - 3
     assert {r.dataset for r in plan.runs} == set(paper["datasets"])

@@ -39,8 +39,24 @@ def cmd_check_config(a) -> int:
 
     cfg = load_config(a.config)
     print(f"{a.config}: valid")
-    print(Plan(cfg).summary())
+    if not a.cost:
+        print(Plan(cfg).summary())
+        return 0
+    from segbench.cost import format_costs, run_costs
+
+    plan = Plan(cfg)
+    print(format_costs(plan, run_costs(plan), a.throughput_tflops))
     return 0
+
+
+def _positive_float(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a number above 0")
+    return v
 
 
 def cmd_generate(a) -> int:
@@ -127,6 +143,13 @@ def cmd_extract(a) -> int:
     return 0
 
 
+def cmd_fetch_weights(a) -> int:
+    from segbench.weights import fetch_weights
+
+    fetch_weights(a.name, a.dir, url=a.url, sha256=a.sha256, retries=a.retries, progress=not a.quiet)
+    return 0
+
+
 def cmd_train(a) -> int:
     from segbench.engine.train import train_run
 
@@ -210,7 +233,8 @@ def cmd_track(a) -> int:
     uri = _tracking_uri(a.tracking_uri)
 
     def log():
-        ids = log_run(a.run_dir, studies=a.study, tracking_uri=uri, profile_path=a.profile)
+        ids = log_run(a.run_dir, studies=a.study, tracking_uri=uri, profile_path=a.profile,
+                      log_model=not a.no_model)
         print(f"logged {a.run_dir} to {uri}: {ids}")
         return {"runs": ids}
 
@@ -234,7 +258,7 @@ def cmd_track_study(a) -> int:
 def cmd_sync(a) -> int:
     from segbench.tracking import sync
 
-    plan_studies, plan_profiles, cfg_uri = {}, {}, None
+    plan_studies, plan_profiles, cfg_uri, results, log_model = {}, {}, None, a.results or "results", True
     config = Path(a.config) if a.config else Path("config.yaml")
     if a.config or config.exists():
         from segbench.config import load_config
@@ -246,12 +270,17 @@ def cmd_sync(a) -> int:
                   "give --tracking-uri to sync anyway", file=sys.stderr)
             return 2
         cfg_uri = cfg["mlflow"]["tracking_uri"]
+        log_model = cfg["mlflow"]["log_models"]
         plan = Plan(cfg)
+        results = a.results or plan.results
+        if Path(results).resolve() != Path(plan.results).resolve():
+            print(f"segbench sync: warning: --results {results} is not the folder {config} writes to "
+                  f"({plan.results}); its profiles are looked up there", file=sys.stderr)
         plan_studies = {r.key: plan.studies_of(r) for r in plan.runs}
         plan_profiles = {r.key: plan.profile_path(r) for r in plan.runs}
-    uri = _tracking_uri(a.tracking_uri or cfg_uri, a.results)
-    out = sync(a.results, tracking_uri=uri, plan_studies=plan_studies, plan_profiles=plan_profiles,
-               artifact_root=a.artifact_root)
+    uri = _tracking_uri(a.tracking_uri or cfg_uri, results)
+    out = sync(results, tracking_uri=uri, plan_studies=plan_studies, plan_profiles=plan_profiles,
+               artifact_root=a.artifact_root, log_model=log_model)
     print(f"synced {len(out['runs'])} runs and {len(out['studies'])} studies into {uri}"
           + (f"; {len(out['unassigned'])} run directories belong to no study (see above)"
              if out["unassigned"] else ""))
@@ -278,7 +307,15 @@ def cmd_serve(a) -> int:
         return 2
     run_dir = a.run_dir
     if a.study:
-        run_dir, candidates = best_run_of_study(a.study, a.results)
+        results = a.results
+        if results is None:  # the config's `results:` folder (config.yaml's when present)
+            config = Path(a.config) if a.config else Path("config.yaml")
+            results = "results"
+            if a.config or config.exists():
+                from segbench.config import load_config
+
+                results = load_config(config)["results"]
+        run_dir, candidates = best_run_of_study(a.study, results)
         for c in candidates:
             miou = "no metrics" if c["mIoU"] is None else f"val mIoU {c['mIoU']:.4f}"
             print(f"  {'*' if Path(c['run_dir']) == run_dir else ' '} {c['run_key']}: {miou}", flush=True)
@@ -338,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("check-config", cmd_check_config, "validate a config file and list the runs it plans")
     sp.add_argument("config", nargs="?", default="config.yaml")
+    sp.add_argument("--cost", action="store_true",
+                    help="instead of the run list, estimate each run's compute (MACs counted on the meta device "
+                    "x images x epochs x 3, plus the final evaluation) and the total GPU-hours; imports torch")
+    sp.add_argument("--throughput-tflops", type=_positive_float, default=50.0, metavar="TFLOPS",
+                    help="with --cost: effective training throughput of one GPU in TFLOP/s (1 MAC = 2 FLOPs; "
+                    "default 50, i.e. 25 TMAC/s)")
 
     sp = add("generate", cmd_generate, "generate the embedded synthetic dataset (Cityscapes layout)")
     sp.add_argument("out")
@@ -372,6 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("archives", nargs="+")
     sp.add_argument("--to", required=True, help="target folder")
     sp.add_argument("--quiet", action="store_true")
+
+    sp = add("fetch-weights", cmd_fetch_weights, "download a registered ImageNet backbone checkpoint once "
+             "(resumable, SHA-256 checked) into the weights folder")
+    sp.add_argument("name", metavar="NAME",
+                    help="torchvision:resnet50, torchvision:resnet101, van:b0, van:b1 or van:b2")
+    sp.add_argument("--dir", required=True, help="the weights folder (the config's weights.dir; what $SEGBENCH_WEIGHTS "
+                    "points training at)")
+    sp.add_argument("--url", help="download from URL instead of the publisher's address (a mirror)")
+    sp.add_argument("--sha256", help="the expected SHA-256 (64 hex digits, or a prefix of 8+) instead of the "
+                    "published one")
+    sp.add_argument("--retries", type=int, default=3, help="resume attempts after a cut connection (default 3)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("prepare", cmd_prepare, "convert a dataset tree into manifest.csv + train-id label PNGs")
     sp.add_argument("dataset", choices=["synthetic", *SOURCES])
@@ -413,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int)
 
     def tracking_args(sp, out_required=False):
-        sp.add_argument("--tracking-uri", help="default: sqlite:///results/mlflow.db")
+        sp.add_argument("--tracking-uri", help="default: sqlite:///results/mlflow.db (the pipeline passes the config's)")
         sp.add_argument("--out", required=out_required, help="write the step's record (JSON) here")
         sp.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                         help="skip: if the store fails, write a 'skipped' record and exit 0 (the pipeline's choice)")
@@ -421,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("track-init", cmd_track_init, "create the MLflow store and one experiment per study")
     sp.add_argument("--study", action="append", required=True)
-    sp.add_argument("--artifact-root", help="artifacts of new experiments (default: results/mlartifacts "
+    sp.add_argument("--artifact-root", help="artifacts of new experiments (default: mlartifacts/ beside the sqlite store "
                     "beside a local store; the server's choice for http(s) URIs)")
     tracking_args(sp, out_required=True)
 
@@ -429,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir")
     sp.add_argument("--study", action="append", required=True)
     sp.add_argument("--profile")
+    sp.add_argument("--no-model", action="store_true",
+                    help="leave model.pt out of the run's artifacts (the config's mlflow.log_models: false)")
     tracking_args(sp)
 
     sp = add("track-study", cmd_track_study, "log a study's tables and figures to MLflow")
@@ -440,8 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
              "(idempotent; completes MLflow after an outage)")
     sp.add_argument("--config", help="the workflow's config: studies, profiles, mlflow.tracking_uri "
                     "(default: config.yaml if present)")
-    sp.add_argument("--results", default="results", help="the results folder (default: results)")
-    sp.add_argument("--tracking-uri", help="default: the config's mlflow.tracking_uri, else sqlite:///results/mlflow.db")
+    sp.add_argument("--results", help="the results folder (default: the config's `results:`, else results)")
+    sp.add_argument("--tracking-uri", help="default: the config's mlflow.tracking_uri, else sqlite:///RESULTS/mlflow.db")
     sp.add_argument("--artifact-root", help="artifacts of new experiments (default as for track-init)")
 
     sp = add("report", cmd_report, "tables and figures of one study")
@@ -457,7 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("serve", cmd_serve, "a web app (page + JSON/PNG endpoints) that segments uploaded images with a run")
     sp.add_argument("run_dir", nargs="?", help="a run directory (run.json + model.pt)")
     sp.add_argument("--study", help="serve this study's best run by val mIoU instead")
-    sp.add_argument("--results", default="results", help="the results folder --study looks in (default: results)")
+    sp.add_argument("--results", help="the results folder --study looks in (default: the `results:` folder of "
+                    "--config, else results)")
+    sp.add_argument("--config", help="the workflow's config whose `results:` folder --study looks in "
+                    "(default: config.yaml if present)")
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     sp.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
     sp.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
@@ -495,8 +555,9 @@ def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from segbench.config import ConfigError
     from segbench.data import DataError
+    from segbench.weights import WeightsError
 
-    known: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError)
+    known: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError, WeightsError)
     try:
         from segbench.tracking import TrackingError
 

@@ -466,13 +466,108 @@ def validate_config(config: dict, schema_path: str | Path | None = None) -> dict
             for kind in ("datasets", "models", "losses"):
                 abl[kind] = _resolve_names(cfg, kind, abl[kind], at, problems)
     problems += _cross_study_problems(cfg)
+    problems += _results_problems(cfg)
     if not problems:
         problems += _check_embeddings(cfg)
     for name, ds in cfg["datasets"].items():
         problems += _dataset_problems(name, ds)
+    problems += _weights_problems(cfg)
+    if not problems:
+        problems += _train_problems(cfg)
     if problems:
         raise ConfigError(_format(problems))
     return cfg
+
+
+def scale_steps(lo: float, hi: float, step: float, key: str = "train.scale_step") -> list[float]:
+    """The rescale factors {lo, lo + step, ..., hi} of ``train.scale`` = [lo, hi] with
+    ``train.scale_step`` = step; ConfigError naming ``key`` unless step > 0 divides hi - lo."""
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0:
+        raise ConfigError(f"config key '{key}': {step!r} is not allowed; expected a number > 0, or null "
+                          "for a continuous scale")
+    n = (hi - lo) / step
+    if n < -1e-9 or abs(n - round(n)) > 1e-6:
+        raise ConfigError(f"config key '{key}': {step:g} does not divide the scale range [{lo:g}, {hi:g}] "
+                          f"((max - min) / step = {n:g}, not a whole number); choose a step that reaches "
+                          f"{hi:g} from {lo:g}, or null for a continuous scale")
+    return [round(lo + k * step, 10) for k in range(round(n) + 1)]
+
+
+def _train_problems(cfg: dict) -> list[str]:
+    """What the schema cannot say about the training protocol: ``scale_step`` must divide the
+    ``scale`` range it is used with, in the spec of every (dataset, model) pair of a run (the
+    global ``train`` block, then the dataset's, then the model's, as segbench.plan merges
+    them). The error names the block that set ``scale_step``."""
+    pairs: dict[tuple[str, str], None] = {}
+    for _, _, m in study_matrices(cfg):
+        for d in m["datasets"]:
+            for model in m["models"]:
+                pairs.setdefault((d, model), None)
+    cross = cfg["cross_study"]
+    if cross.get("enabled", True):
+        for d in cross["datasets"]:
+            for model, _ in cross_methods(cfg):
+                pairs.setdefault((d, model), None)
+    found: dict[str, str] = {}  # one message per problem, naming the first pair that has it
+    for d, model in pairs:
+        blocks = [("train", cfg["train"]), (f"datasets.{d}.train", cfg["datasets"][d].get("train") or {}),
+                  (f"models.{model}.train", cfg["models"][model].get("train") or {})]
+        spec: dict = {}
+        where = "train"
+        for at, block in blocks:
+            spec.update(block)
+            if "scale_step" in block:
+                where = at
+        if spec.get("scale_step") is None:
+            continue
+        try:
+            scale_steps(*spec["scale"], spec["scale_step"], key=f"{where}.scale_step")
+        except ConfigError as e:
+            found.setdefault(str(e), f"{e} (dataset '{d}' with model '{model}')")
+    return list(found.values())
+
+
+def _results_problems(cfg: dict) -> list[str]:
+    """Normalise ``results`` in place (``results/`` -> ``results``): every rule's paths are
+    built from it, and Snakemake matches output paths as written."""
+    import posixpath
+
+    folder = posixpath.normpath(cfg["results"])
+    if folder in (".", "/"):
+        return [f"config key 'results': {cfg['results']!r} would write the results into "
+                f"{'the working directory' if folder == '.' else 'the file system root'} itself; "
+                "give a folder of their own, e.g. results or results/paper"]
+    cfg["results"] = folder
+    return []
+
+
+def _weights_problems(cfg: dict) -> list[str]:
+    """Pretrained backbones: every model's ``params.pretrained`` is a registered name that
+    fits the model (family, depth / variant, paper width) or a path-like string (checked to
+    exist when a training needs it); ``weights.sources`` names registered checkpoints only.
+    Expands ``~`` in ``weights.dir`` in place."""
+    import os
+
+    from segbench.weights import REGISTRY, check_source, config_mismatch, is_registered
+
+    out = []
+    weights = cfg["weights"]
+    weights["dir"] = os.path.expanduser(weights["dir"])
+    for name in weights.get("sources") or {}:
+        if name not in REGISTRY:
+            out.append(f"config key 'weights.sources': '{name}' is not a registered checkpoint"
+                       f"{_suggest(name, list(REGISTRY))}; allowed: {', '.join(REGISTRY)}")
+    for name, m in cfg["models"].items():
+        source = (m.get("params") or {}).get("pretrained")
+        if source is None:
+            continue
+        where = f"config key 'models.{name}.params.pretrained'"
+        problem = check_source(source)
+        if problem is None and is_registered(source):
+            problem = config_mismatch(source, m["arch"], m.get("params") or {})
+        if problem:
+            out.append(f"{where}: {problem}")
+    return out
 
 
 def _dataset_problems(name: str, ds: dict) -> list[str]:

@@ -1,8 +1,8 @@
 """Expand a validated config into the benchmark's jobs.
 
 A *run* is one (dataset, model, loss, seed); its key ``{dataset}/{model}/{loss}/s{seed}``
-names its directory under ``results/runs/``. Studies are matrices over names; a run cited
-by several studies is trained once. A *profile* is one (model, classes, input size).
+names its directory under ``<results>/runs/`` (the config's ``results:`` folder, default
+``results``). Studies are matrices over names; a run cited by several studies is trained once. A *profile* is one (model, classes, input size).
 
 Each run's fully resolved specification (dataset, model, loss and the training protocol
 after the dataset- and model-level overrides) is what the Snakefile hands to
@@ -29,6 +29,21 @@ NUM_CLASSES = {("synthetic", "trainId"): 19, ("synthetic", "category"): 7,
 EVAL_SIZE = {"cityscapes": (1024, 2048), "ade20k": (512, 512), "voc": (512, 512), "bdd100k": (736, 1280)}
 
 
+def split_images(dataset: dict, split: str) -> int:
+    """Images in the ``split`` ("train" or "val") of a dataset entry: a synthetic set's
+    ``generate`` count; a real set's published count, kept once in its ``segbench.data``
+    module (``SPLIT_SIZES``; VOC's train is trainaug, ``TRAINAUG_SIZE`` = 10,582, unless the
+    entry says ``trainaug: false``). A real copy with ``allow_partial`` may hold fewer."""
+    if dataset["source"] == "synthetic":
+        return int(dataset["generate"][split])
+    from importlib import import_module
+
+    module = import_module(f"segbench.data.{dataset['source']}")
+    if dataset["source"] == "voc" and split == "train" and dataset.get("trainaug", True):
+        return int(module.TRAINAUG_SIZE)
+    return int(module.SPLIT_SIZES[split])
+
+
 # dataset keys that say where the files are, not what they are
 RUN_NEUTRAL_DATASET_KEYS = ("root", "download", "sbd_root")
 
@@ -43,10 +58,6 @@ class Run:
     @property
     def key(self) -> str:
         return f"{self.dataset}/{self.model}/{self.loss}/s{self.seed}"
-
-    @property
-    def dir(self) -> str:
-        return f"results/runs/{self.key}"
 
 
 def spec_hash(spec: dict) -> str:
@@ -66,6 +77,9 @@ class Plan:
         from segbench.config import CROSS_STUDY, cross_methods, study_matrices
 
         self.cfg = cfg
+        #: the folder every output goes under (the config's ``results:``, normalised by
+        #: validate_config; a config that was not validated gets the default)
+        self.results: str = cfg.get("results") or "results"
         self.studies: dict[str, list[Run]] = {}
         self.groups: dict[tuple[str, Run], list[str]] = {}
         seen: dict[Run, None] = {}
@@ -114,7 +128,7 @@ class Plan:
         ds = self.dataset(run.dataset)
         return {
             "run_key": run.key, "dataset": run.dataset, "model": run.model, "loss": run.loss,
-            "seed": run.seed, "run_dir": run.dir, "profile": self.profile_path(run),
+            "seed": run.seed, "run_dir": self.run_dir(run), "profile": self.profile_path(run),
             "groups": list(self.groups[(study, run)]),
             "studies": self.studies_of(run),
             "model_spec": {k: copy.deepcopy(v) for k, v in m.items() if k in ("arch", "params", "paper_row")},
@@ -129,6 +143,10 @@ class Plan:
     def num_classes(self, dataset: str) -> int:
         ds = self.dataset(dataset)
         return NUM_CLASSES[(ds["source"], ds["labels"])]
+
+    def split_images(self, dataset: str, split: str) -> int:
+        """Images in a dataset's train or val split (``split_images``)."""
+        return split_images(self.dataset(dataset), split)
 
     def eval_size(self, dataset: str) -> tuple[int, int]:
         ds = self.dataset(dataset)
@@ -169,6 +187,9 @@ class Plan:
             raise KeyError(f"run {run.key} is not in any study of the config")
         return run
 
+    def run_dir(self, run: Run) -> str:
+        return f"{self.results}/runs/{run.key}"
+
     def studies_of(self, run: Run) -> list[str]:
         return list(self._studies_of.get(run, ()))
 
@@ -178,7 +199,7 @@ class Plan:
         return f"{run.model}-c{self.num_classes(run.dataset)}-{h}x{w}"
 
     def profile_path(self, run: Run) -> str:
-        return f"results/profiles/{self.profile_name(run)}.json"
+        return f"{self.results}/profiles/{self.profile_name(run)}.json"
 
     def model_spec(self, model: str) -> dict:
         m = self.cfg["models"][model]

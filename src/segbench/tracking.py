@@ -413,11 +413,13 @@ def log_run(
     profile_path: str | os.PathLike | None = None,
     extra_tags: Mapping[str, Any] | None = None,
     artifact_root: str | os.PathLike | None = None,
+    log_model: bool = True,
 ) -> dict[str, str]:
     """Log one run directory into each study's experiment; return study -> MLflow run id.
 
     Reads (never writes) ``run.json`` (required), ``history.csv``, ``metrics.json``,
-    ``confusion.npy``, ``model.pt``, ``figures/*.png`` and the optional profile JSON.
+    ``confusion.npy``, ``model.pt`` (unless ``log_model`` is false: the config's
+    ``mlflow.log_models``), ``figures/*.png`` and the optional profile JSON.
     Missing experiments are created (under ``artifact_root``, default
     :func:`default_artifact_root`), but call :func:`init_store` before fanning out.
     Raises FileNotFoundError if ``run.json`` is missing and :class:`TrackingError` if the
@@ -441,7 +443,7 @@ def log_run(
                     client, tracking_uri, study, run_dir, Path(tmp),
                     info=info, run_key=run_key, config_hash=config_hash, history=history,
                     final=final, profile=profile, profile_path=profile_path, params=params,
-                    extra_tags=extra_tags, artifact_root=artifact_root,
+                    extra_tags=extra_tags, artifact_root=artifact_root, log_model=log_model,
                 )
                 for study in studies
             }
@@ -453,7 +455,7 @@ def log_run(
 
 def _log_run_into(
     client, tracking_uri, study, run_dir: Path, tmp: Path, *, info, run_key, config_hash,
-    history, final, profile, profile_path, params, extra_tags, artifact_root,
+    history, final, profile, profile_path, params, extra_tags, artifact_root, log_model=True,
 ) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
@@ -539,7 +541,7 @@ def _log_run_into(
             client.log_artifact(run_id, str(run_dir / name))
     if profile is not None:
         client.log_artifact(run_id, str(profile_path))
-    if (run_dir / "model.pt").is_file():
+    if log_model and (run_dir / "model.pt").is_file():
         client.log_artifact(run_id, str(run_dir / "model.pt"), artifact_path="checkpoint")
     figures = run_dir / "figures"
     if figures.is_dir():
@@ -676,6 +678,7 @@ def sync(
     plan_profiles: Mapping[str, str] | None = None,
     artifact_root: str | os.PathLike | None = None,
     log=print,
+    log_model: bool = True,
 ) -> dict:
     """Log every run directory under ``results/runs`` and every study under
     ``results/studies`` into the store, and rewrite their records as logged.
@@ -726,7 +729,7 @@ def sync(
     logged_runs: dict[str, dict[str, str]] = {}
     for key, run_dir, studies, profile, record_path in runs:
         ids = log_run(run_dir, studies=studies, tracking_uri=tracking_uri,
-                      profile_path=profile, artifact_root=artifact_root)
+                      profile_path=profile, artifact_root=artifact_root, log_model=log_model)
         write_record(record_path, status=RECORD_LOGGED, round=_own_round(record_path),
                      tracking_uri=tracking_uri, runs=ids, run_dir=str(run_dir),
                      studies=studies, profile=profile)

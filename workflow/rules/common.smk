@@ -26,9 +26,12 @@ except ConfigError as e:
 
 PLAN = Plan(CFG)
 ENV = "../../envs/segbench.yaml"
-RUN_DIR = "results/runs/{dataset}/{model}/{loss}/s{seed}"
+# Every path a rule reads or writes is under this folder: the config's `results:` (config.yaml:
+# results, workflow/configs/paper.yaml: results/paper), relative to the working directory.
+RESULTS = PLAN.results
+RUN_DIR = f"{RESULTS}/runs/{{dataset}}/{{model}}/{{loss}}/s{{seed}}"
 MLFLOW = CFG["mlflow"]["enabled"]
-TRACKING_URI = CFG["mlflow"]["tracking_uri"] or "sqlite:///results/mlflow.db"
+TRACKING_URI = CFG["mlflow"]["tracking_uri"] or f"sqlite:///{RESULTS}/mlflow.db"
 
 
 wildcard_constraints:
@@ -55,10 +58,10 @@ def all_outputs():
     from segbench.report.outputs import study_outputs
 
     # every file of every study's report (a file deleted by hand is made again)
-    out = [f"results/studies/{s}/{rel}" for s in PLAN.studies
+    out = [f"{RESULTS}/studies/{s}/{rel}" for s in PLAN.studies
            for rel in study_outputs(PLAN.study_spec(s), report_runs(s))]
     if MLFLOW:
-        out += [f"results/mlflow/studies/{s}.json" for s in PLAN.studies]
+        out += [f"{RESULTS}/mlflow/studies/{s}.json" for s in PLAN.studies]
     return out
 
 
@@ -68,7 +71,7 @@ def _generate_params(w):
 
 
 # -- data: a real dataset either lives at `root:` (read in place) or is downloaded once per
-# source into results/downloads/{source}/ and extracted into results/raw/{source}/
+# source into <results>/downloads/{source}/ and extracted into <results>/raw/{source}/
 from segbench.data.download import SOURCES as DOWNLOAD_SOURCES, archives_of  # noqa: E402
 
 ARCHIVE_NAMES = sorted({a for s in DOWNLOAD_SOURCES for a in archives_of(s)})
@@ -102,7 +105,7 @@ def source_archives(source):
 
 
 def _archives(w):
-    return [f"results/downloads/{w.source}/{a}" for a in source_archives(w.source)]
+    return [f"{RESULTS}/downloads/{w.source}/{a}" for a in source_archives(w.source)]
 
 
 def _verified(w):
@@ -135,15 +138,15 @@ def datasets_regex(synthetic):
 def _prepare_input(w):
     ds = PLAN.dataset(w.dataset)
     if ds["source"] == "synthetic":
-        return {"raw": f"results/data/{w.dataset}/raw"}
-    return {"raw": f"results/raw/{ds['source']}"} if _downloads(ds) else {}
+        return {"raw": f"{RESULTS}/data/{w.dataset}/raw"}
+    return {"raw": f"{RESULTS}/raw/{ds['source']}"} if _downloads(ds) else {}
 
 
 def _prepare_root(w):
     ds = PLAN.dataset(w.dataset)
     if ds["source"] == "synthetic":
-        return f"results/data/{w.dataset}/raw"
-    return f"results/raw/{ds['source']}" if _downloads(ds) else ds["root"]
+        return f"{RESULTS}/data/{w.dataset}/raw"
+    return f"{RESULTS}/raw/{ds['source']}" if _downloads(ds) else ds["root"]
 
 
 def _prepare_options(w):
@@ -197,7 +200,7 @@ def start_forkserver():
         return
     folder = tempfile.mkdtemp(prefix="segbench-fs-")  # mode 0700: only this user can connect
     sock = os.path.join(folder, "fs.sock")
-    log = Path("results/logs/forkserver.log")
+    log = Path(RESULTS, "logs", "forkserver.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": SRC + (":" + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
            "NO_ALBUMENTATIONS_UPDATE": "1", "MPLBACKEND": "Agg"}

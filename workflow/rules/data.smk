@@ -1,18 +1,18 @@
 # Datasets: generate (synthetic), or read an existing copy (`root:`), or
 # download -> verify -> extract once per source; then prepare each dataset entry into
-# results/data/{dataset}/manifest.csv + train-id label PNGs. See docs/datasets.md.
+# <results>/data/{dataset}/manifest.csv + train-id label PNGs. See docs/datasets.md.
 
 
 rule generate_synthetic:
     priority: PRIORITY_DATA
     output:
-        directory("results/data/{dataset}/raw"),
+        directory(f"{RESULTS}/data/{{dataset}}/raw"),
     params:
         args=_generate_params,
     log:
-        "results/logs/generate/{dataset}.log",
+        f"{RESULTS}/logs/generate/{{dataset}}.log",
     benchmark:
-        "results/benchmarks/generate/{dataset}.tsv"
+        f"{RESULTS}/benchmarks/generate/{{dataset}}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -23,13 +23,13 @@ rule generate_synthetic:
         "python -m segbench generate {output} {params.args} > {log} 2>&1"
 
 
-# Resumable: a cut download keeps results/downloads/{source}/{archive}.part (Cityscapes:
+# Resumable: a cut download keeps <results>/downloads/{source}/{archive}.part (Cityscapes:
 # .partial/{archive}) and the next run continues it. Cityscapes' login comes from the
 # environment or the file named by download.credentials; it never appears in a command or log.
 rule download_archive:
     priority: PRIORITY_DATA
     output:
-        "results/downloads/{source}/{archive}",
+        f"{RESULTS}/downloads/{{source}}/{{archive}}",
     wildcard_constraints:
         source="|".join(DOWNLOAD_SOURCES),
         archive="|".join(re.escape(a) for a in ARCHIVE_NAMES),
@@ -37,9 +37,9 @@ rule download_archive:
         args=_download_args,
         dir=lambda w, output: os.path.dirname(output[0]),
     log:
-        "results/logs/download/{source}/{archive}.log",
+        f"{RESULTS}/logs/download/{{source}}/{{archive}}.log",
     benchmark:
-        "results/benchmarks/download/{source}/{archive}.tsv"
+        f"{RESULTS}/benchmarks/download/{{source}}/{{archive}}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -55,18 +55,18 @@ rule download_archive:
 rule verify_archive:
     priority: PRIORITY_DATA
     input:
-        "results/downloads/{source}/{archive}",
+        f"{RESULTS}/downloads/{{source}}/{{archive}}",
     output:
-        "results/downloads/{source}/{archive}.verified",
+        f"{RESULTS}/downloads/{{source}}/{{archive}}.verified",
     wildcard_constraints:
         source="|".join(DOWNLOAD_SOURCES),
         archive="|".join(re.escape(a) for a in ARCHIVE_NAMES),
     params:
         md5=_verify_args,
     log:
-        "results/logs/verify/{source}/{archive}.log",
+        f"{RESULTS}/logs/verify/{{source}}/{{archive}}.log",
     benchmark:
-        "results/benchmarks/verify/{source}/{archive}.tsv"
+        f"{RESULTS}/benchmarks/verify/{{source}}/{{archive}}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -85,13 +85,13 @@ rule extract_archives:
         archives=_archives,
         verified=_verified,
     output:
-        directory("results/raw/{source}"),
+        directory(f"{RESULTS}/raw/{{source}}"),
     wildcard_constraints:
         source="|".join(DOWNLOAD_SOURCES),
     log:
-        "results/logs/extract/{source}.log",
+        f"{RESULTS}/logs/extract/{{source}}.log",
     benchmark:
-        "results/benchmarks/extract/{source}.tsv"
+        f"{RESULTS}/benchmarks/extract/{{source}}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -108,8 +108,8 @@ rule prepare:
     input:
         unpack(_prepare_input),
     output:
-        manifest="results/data/{dataset}/manifest.csv",
-        meta="results/data/{dataset}/meta.json",
+        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+        meta=f"{RESULTS}/data/{{dataset}}/meta.json",
     wildcard_constraints:
         dataset=datasets_regex(synthetic=True),
     params:
@@ -118,9 +118,9 @@ rule prepare:
         labels=lambda w: PLAN.dataset(w.dataset)["labels"],
         out=lambda w, output: os.path.dirname(output.manifest),
     log:
-        "results/logs/prepare/{dataset}.log",
+        f"{RESULTS}/logs/prepare/{{dataset}}.log",
     benchmark:
-        "results/benchmarks/prepare/{dataset}.tsv"
+        f"{RESULTS}/benchmarks/prepare/{{dataset}}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -132,15 +132,15 @@ rule prepare:
         "--labels {params.labels} --name {wildcards.dataset} > {log} 2>&1"
 
 
-# A real dataset, from `root:` or from results/raw/{source}; split sizes are checked
+# A real dataset, from `root:` or from <results>/raw/{source}; split sizes are checked
 # against the published counts unless `allow_partial: true`.
 rule prepare_dataset:
     priority: PRIORITY_DATA
     input:
         unpack(_prepare_input),
     output:
-        manifest="results/data/{dataset}/manifest.csv",
-        meta="results/data/{dataset}/meta.json",
+        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+        meta=f"{RESULTS}/data/{{dataset}}/meta.json",
     wildcard_constraints:
         dataset=datasets_regex(synthetic=False),
     params:
@@ -150,9 +150,9 @@ rule prepare_dataset:
         options=_prepare_options,
         out=lambda w, output: os.path.dirname(output.manifest),
     log:
-        "results/logs/prepare/{dataset}.log",
+        f"{RESULTS}/logs/prepare/{{dataset}}.log",
     benchmark:
-        "results/benchmarks/prepare/{dataset}.tsv"
+        f"{RESULTS}/benchmarks/prepare/{{dataset}}.tsv"
     threads: 1
     resources:
         mem_mb=2000,

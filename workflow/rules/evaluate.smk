@@ -6,7 +6,7 @@ rule evaluate:
     input:
         model=f"{RUN_DIR}/model.pt",
         run=f"{RUN_DIR}/run.json",
-        manifest="results/data/{dataset}/manifest.csv",
+        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
     output:
         metrics=f"{RUN_DIR}/metrics.json",
         confusion=f"{RUN_DIR}/confusion.npy",
@@ -17,9 +17,9 @@ rule evaluate:
         batch=CFG["eval"]["batch_size"],
         samples=CFG["eval"]["samples"],
     log:
-        "results/logs/evaluate/{dataset}/{model}/{loss}/s{seed}.log",
+        f"{RESULTS}/logs/evaluate/{{dataset}}/{{model}}/{{loss}}/s{{seed}}.log",
     benchmark:
-        "results/benchmarks/evaluate/{dataset}/{model}/{loss}/s{seed}.tsv"
+        f"{RESULTS}/benchmarks/evaluate/{{dataset}}/{{model}}/{{loss}}/s{{seed}}.tsv"
     threads: 1
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
@@ -35,16 +35,16 @@ rule evaluate:
 rule profile:
     priority: PRIORITY_PROFILE
     output:
-        "results/profiles/{model}-c{classes}-{height}x{width}.json",
+        f"{RESULTS}/profiles/{{model}}-c{{classes}}-{{height}}x{{width}}.json",
     params:
         spec=lambda w: json.dumps(PLAN.model_spec(w.model), sort_keys=True),
         channels_last=lambda w: str(PLAN.profile_channels_last(w.model)).lower(),
         warmup=CFG["profile"]["warmup"],
         iterations=CFG["profile"]["iterations"],
     log:
-        "results/logs/profile/{model}-c{classes}-{height}x{width}.log",
+        f"{RESULTS}/logs/profile/{{model}}-c{{classes}}-{{height}}x{{width}}.log",
     benchmark:
-        "results/benchmarks/profile/{model}-c{classes}-{height}x{width}.tsv"
+        f"{RESULTS}/benchmarks/profile/{{model}}-c{{classes}}-{{height}}x{{width}}.tsv"
     wildcard_constraints:
         classes=r"\d+",
         height=r"\d+",

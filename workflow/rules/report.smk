@@ -13,7 +13,7 @@ def _caption(kind):
 
 def _report_flag(study, rel):
     """The declared output for `rel` (relative to the study's folder), with its caption."""
-    path = f"results/studies/{study}/{rel}"
+    path = f"{RESULTS}/studies/{study}/{rel}"
     kind = study_output_kind(rel)
     if kind is None:
         return path
@@ -26,11 +26,11 @@ def _report_rule_inputs(study):
     def inputs(w):
         files = []
         for r in study_runs(study):
-            files += [f"{r.dir}/{f}" for f in ("run.json", "history.csv", "metrics.json", "samples.npz")]
+            files += [f"{PLAN.run_dir(r)}/{f}" for f in ("run.json", "history.csv", "metrics.json", "samples.npz")]
             files.append(PLAN.profile_path(r))
         aug = augment_dataset(study)
         if aug:
-            files.append(f"results/data/{aug}/manifest.csv")
+            files.append(f"{RESULTS}/data/{aug}/manifest.csv")
         return sorted(set(files))
 
     return inputs
@@ -50,12 +50,12 @@ for _study in PLAN.studies:
             study=_study,
             spec=json.dumps(PLAN.study_spec(_study)),
             runs=json.dumps(report_runs(_study)),
-            out=f"results/studies/{_study}",
-            augment=(f"--augment-data results/data/{augment_dataset(_study)}" if augment_dataset(_study) else ""),
+            out=f"{RESULTS}/studies/{_study}",
+            augment=(f"--augment-data {RESULTS}/data/{augment_dataset(_study)}" if augment_dataset(_study) else ""),
         log:
-            f"results/logs/report/{_study}.log",
+            f"{RESULTS}/logs/report/{_study}.log",
         benchmark:
-            f"results/benchmarks/report/{_study}.tsv"
+            f"{RESULTS}/benchmarks/report/{_study}.tsv"
         threads: 1
         resources:
             mem_mb=4000,

@@ -12,14 +12,14 @@ from segbench.tracking import is_server, read_record, record_round, RECORD_SKIPP
 
 # new experiments keep their artifacts beside a local store; a tracking server stores them
 # where `mlflow server --artifacts-destination` says (scripts/mlflow_server.sh)
-TRACK_ARTIFACTS = "" if is_server(TRACKING_URI) else "--artifact-root results/mlartifacts"
+TRACK_ARTIFACTS = "" if is_server(TRACKING_URI) else f"--artifact-root {RESULTS}/mlartifacts"
 
 
 # The record of each track job. (The `round` params below take only wildcards: Snakemake
 # leaves params computed from input/output out of its params trigger.)
-INIT_RECORD = "results/mlflow/init.json"
-RUN_RECORD = "results/mlflow/runs/{dataset}/{model}/{loss}/s{seed}.json"
-STUDY_RECORD = "results/mlflow/studies/{study}.json"
+INIT_RECORD = f"{RESULTS}/mlflow/init.json"
+RUN_RECORD = f"{RESULTS}/mlflow/runs/{{dataset}}/{{model}}/{{loss}}/s{{seed}}.json"
+STUDY_RECORD = f"{RESULTS}/mlflow/studies/{{study}}.json"
 
 
 rule mlflow_init:
@@ -32,9 +32,9 @@ rule mlflow_init:
         artifacts=TRACK_ARTIFACTS,
         round=lambda w: record_round(INIT_RECORD),
     log:
-        "results/logs/mlflow/init.log",
+        f"{RESULTS}/logs/mlflow/init.log",
     benchmark:
-        "results/benchmarks/mlflow/init.tsv"
+        f"{RESULTS}/benchmarks/mlflow/init.tsv"
     # Locally every core, though it uses one: it then waits, like the profiles, for two free
     # cores, which the data steps leave together, and runs right after the profiles. As a
     # one-core job it would start beside the data steps and wait there for the fork server,
@@ -64,12 +64,13 @@ rule track_run:
     params:
         studies=lambda w: " ".join(f"--study {s}" for s in PLAN.studies_of(run_of(w))),
         uri=TRACKING_URI,
+        model="" if CFG["mlflow"]["log_models"] else "--no-model",
         run_dir=lambda w, input: os.path.dirname(input.run),
         round=lambda w: record_round(RUN_RECORD.format(dataset=w.dataset, model=w.model, loss=w.loss, seed=w.seed)),
     log:
-        "results/logs/mlflow/runs/{dataset}/{model}/{loss}/s{seed}.log",
+        f"{RESULTS}/logs/mlflow/runs/{{dataset}}/{{model}}/{{loss}}/s{{seed}}.log",
     benchmark:
-        "results/benchmarks/mlflow/runs/{dataset}/{model}/{loss}/s{seed}.tsv"
+        f"{RESULTS}/benchmarks/mlflow/runs/{{dataset}}/{{model}}/{{loss}}/s{{seed}}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -78,15 +79,15 @@ rule track_run:
         ENV
     shell:
         "python -m segbench track {params.run_dir} {params.studies} --tracking-uri {params.uri:q} "
-        "--profile {input.profile} --on-error skip --round {params.round} --out {output} > {log} 2>&1"
+        "--profile {input.profile} {params.model} --on-error skip --round {params.round} --out {output} > {log} 2>&1"
 
 
 rule track_study:
     priority: results_priority
     input:
         init=INIT_RECORD,
-        runs=lambda w: [f"results/mlflow/runs/{r.key}.json" for r in study_runs(w.study)],
-        report="results/studies/{study}/tables/summary.md",
+        runs=lambda w: [f"{RESULTS}/mlflow/runs/{r.key}.json" for r in study_runs(w.study)],
+        report=f"{RESULTS}/studies/{{study}}/tables/summary.md",
     output:
         STUDY_RECORD,
     params:
@@ -94,9 +95,9 @@ rule track_study:
         dir=lambda w, input: os.path.dirname(os.path.dirname(input.report)),
         round=lambda w: record_round(STUDY_RECORD.format(study=w.study)),
     log:
-        "results/logs/mlflow/studies/{study}.log",
+        f"{RESULTS}/logs/mlflow/studies/{{study}}.log",
     benchmark:
-        "results/benchmarks/mlflow/studies/{study}.tsv"
+        f"{RESULTS}/benchmarks/mlflow/studies/{{study}}.tsv"
     threads: 1
     resources:
         mem_mb=1000,

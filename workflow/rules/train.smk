@@ -5,8 +5,10 @@
 rule train:
     priority: train_priority
     input:
-        manifest="results/data/{dataset}/manifest.csv",
-        meta="results/data/{dataset}/meta.json",
+        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+        meta=f"{RESULTS}/data/{{dataset}}/meta.json",
+        # the ImageNet checkpoint of params.pretrained, if any (weights.smk; jobs get SEGBENCH_WEIGHTS there)
+        weights=pretrained_input,
     output:
         model=f"{RUN_DIR}/model.pt",
         history=f"{RUN_DIR}/history.csv",
@@ -16,9 +18,9 @@ rule train:
         data=lambda w, input: os.path.dirname(input.manifest),
         out=lambda w, output: os.path.dirname(output.run),
     log:
-        "results/logs/train/{dataset}/{model}/{loss}/s{seed}.log",
+        f"{RESULTS}/logs/train/{{dataset}}/{{model}}/{{loss}}/s{{seed}}.log",
     benchmark:
-        "results/benchmarks/train/{dataset}/{model}/{loss}/s{seed}.tsv"
+        f"{RESULTS}/benchmarks/train/{{dataset}}/{{model}}/{{loss}}/s{{seed}}.tsv"
     # train.threads of the config; Snakemake caps it at --cores locally (no workflow.cores
     # here: a cluster run has none). On SLURM a GPU job gets cpus_per_gpu CPUs per GPU
     # instead (workflow/profiles/slurm): torch uses `threads` of them, the DataLoader

@@ -157,8 +157,8 @@ def voc_archives(rng) -> dict[str, bytes]:
         h, w = sizes[name]
         lab = _blocks(rng, h, w, range(21))
         lab[h // 4, :] = 255  # VOC's "void" border
-        voc[f"{base}/SegmentationClass/{name}.png"] = png(lab, palette)
-        voc[f"{base}/SegmentationObject/{name}.png"] = png(lab, palette)
+        voc[f"{base}/SegmentationClass/{name}.png"] = png(lab, palette=palette)
+        voc[f"{base}/SegmentationObject/{name}.png"] = png(lab, palette=palette)
         voc[f"{base}/Annotations/{name}.xml"] = f"<annotation><filename>{name}.jpg</filename></annotation>".encode()
     lists = f"{base}/ImageSets/Segmentation"
     voc[f"{lists}/train.txt"] = "".join(f"{n}\n" for n in voc_train).encode()

@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test test-fast lint dry-run mlflow-ui serve browser test-serve bench schedule-counts clean help paper-smoke
+.PHONY: install run test test-fast lint dry-run mlflow-ui serve browser test-serve bench clean help paper-smoke
 
 help:
 	@echo "make run       install, then run the default pipeline (config.yaml) with snakemake --cores $(CORES)"
@@ -23,7 +23,6 @@ help:
 	@echo "make run-local the local profile (workflow/profiles/default); make run-slurm: the SLURM profile"
 	@echo "make mlflow-server / mlflow-server-stop   a shared MLflow server (scripts/mlflow_server.sh)"
 	@echo "make test-slurm   the one-node SLURM test alone (root: installs slurm-wlm + munge)"
-	@echo "make schedule-counts  recount the training-cost table shipped for the bundled configs (after a model change)"
 	@echo "make bench    the performance benchmarks (bench/run_all.py) with their targets; BENCH_ARGS=--quick: short"
 
 # The stamp is rebuilt when the pins change; the CPU torch wheel must stay pinned.
@@ -74,15 +73,10 @@ browser:
 	bash scripts/install_browser.sh
 
 # `make bench`: every performance figure with its target (bench/run_all.py, about 5 min on
-# 2 cores); BENCH_ARGS="--quick", "--only loader ops", "--results DIR --wall SECONDS".
+# 2 cores); BENCH_ARGS="--quick", "--only loader ops".
 BENCH_ARGS ?=
 bench: install
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
-
-# The per-model work counts the trainings are ordered by, shipped for config.yaml and
-# workflow/configs/*.yaml (tests/test_schedule.py says when the model code has outdated them).
-schedule-counts: install
-	$(BIN)/python -m segbench.schedule
 
 test-serve: install
 	$(BIN)/python -m pytest tests/test_serve.py

@@ -32,14 +32,5 @@ rule all:
     default_target: True
 
 
-onstart:
-    start_forkserver()
-
-
 onsuccess:
-    stop_forkserver()
     mlflow_reminder()
-
-
-onerror:
-    stop_forkserver()

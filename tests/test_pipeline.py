@@ -56,38 +56,6 @@ def test_outputs_of_every_step(workdir):
         assert len(pngs) >= 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
-def job_times(results: Path) -> dict[str, list[tuple[float, float]]]:
-    """(start, end) of every job of the last invocation per benchmark folder (MLflow's: per
-    mlflow/init, mlflow/runs, mlflow/studies), from Snakemake's
-    benchmark files (end: the file's write, start: end - the measured seconds)."""
-    import csv
-
-    out: dict[str, list[tuple[float, float]]] = {}
-    for p in (results / "benchmarks").rglob("*.tsv"):
-        with open(p, newline="") as f:
-            s = float(list(csv.DictReader(f, delimiter="\t"))[-1]["s"])
-        end = p.stat().st_mtime
-        parts = p.relative_to(results / "benchmarks").with_suffix("").parts
-        out.setdefault("/".join(parts[:2]) if parts[0] == "mlflow" else parts[0], []).append((end - s, end))
-    return out
-
-
-@pytest.mark.slow
-def test_local_order_profiles_then_trainings_then_results(workdir):
-    """common.smk's order, from the jobs' own times: every profile (each takes every core) and
-    the MLflow store's creation end before the first training starts, and in a short run like
-    this one the evaluations, the other MLflow steps and the reports start only once the last
-    training has started (they fill the end)."""
-    t = job_times(workdir / "results")
-    assert len(t["train"]) == 7 and len(t["profile"]) == 4
-    first_train = min(s for s, _ in t["train"])
-    last_train_start = max(s for s, _ in t["train"])
-    slack = 0.5  # the benchmark file is written just after its job
-    assert max(e for _, e in t["profile"] + t["mlflow/init"]) <= first_train + slack
-    for kind in ("evaluate", "mlflow/runs", "mlflow/studies", "report"):
-        assert min(s for s, _ in t[kind]) >= last_train_start - slack, kind
-
-
 @pytest.mark.slow
 def test_mlflow_holds_one_run_per_study_and_run(workdir):
     from mlflow.tracking import MlflowClient

@@ -2,9 +2,102 @@
 # download -> verify -> extract once per source; then prepare each dataset entry into
 # <results>/data/{dataset}/manifest.csv + train-id label PNGs. See docs/datasets.md.
 
+from segbench.data.download import SOURCES as DOWNLOAD_SOURCES, archives_of
+
+ARCHIVE_NAMES = sorted({a for s in DOWNLOAD_SOURCES for a in archives_of(s)})
+
+
+def _generate_params(w):
+    g = PLAN.dataset(w.dataset)["generate"]
+    return f"--seed {g['seed']} --train {g['train']} --val {g['val']} --height {g['height']} --width {g['width']}"
+
+
+def _downloads(ds) -> bool:
+    return ds["source"] != "synthetic" and not ds.get("root")
+
+
+def _source_entries(source):
+    """The dataset entries that download `source`, in config order."""
+    return [ds for ds in CFG["datasets"].values() if ds["source"] == source and _downloads(ds)]
+
+
+def _download_setting(source, key):
+    """A `download:` setting of a source; the first entry that sets it wins."""
+    for ds in _source_entries(source):
+        value = (ds.get("download") or {}).get(key)
+        if value:
+            return value
+    return None
+
+
+def source_archives(source):
+    """The archives a source needs (VOC needs SBD's only for trainaug)."""
+    if source == "voc":
+        from segbench.data.voc import archives_needed
+
+        return archives_needed(any(ds.get("trainaug", True) for ds in _source_entries(source)))
+    return list(archives_of(source))
+
+
+def _archives(w):
+    return [f"{RESULTS}/downloads/{w.source}/{a}" for a in source_archives(w.source)]
+
+
+def _verified(w):
+    return [f"{p}.verified" for p in _archives(w)]
+
+
+def _download_args(w):
+    if w.source == "cityscapes":
+        args = []
+        if _download_setting("cityscapes", "site"):
+            args.append(f"--site {shlex.quote(_download_setting('cityscapes', 'site'))}")
+        if _download_setting("cityscapes", "credentials"):  # a file name; the login itself never passes here
+            args.append(f"--credentials {shlex.quote(_download_setting('cityscapes', 'credentials'))}")
+        return " ".join(args)
+    url = (_download_setting(w.source, "urls") or {}).get(w.archive)
+    return f"--url {shlex.quote(f'{w.archive}={url}')}" if url else ""
+
+
+def _verify_args(w):
+    md5 = (_download_setting(w.source, "md5") or {}).get(w.archive)
+    return f"--md5 {md5}" if md5 else ""
+
+
+def datasets_regex(synthetic):
+    """A wildcard constraint matching exactly the configured dataset names of one kind."""
+    names = [n for n, ds in CFG["datasets"].items() if (ds["source"] == "synthetic") == synthetic]
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def _prepare_input(w):
+    ds = PLAN.dataset(w.dataset)
+    if ds["source"] == "synthetic":
+        return {"raw": f"{RESULTS}/data/{w.dataset}/raw"}
+    return {"raw": f"{RESULTS}/raw/{ds['source']}"} if _downloads(ds) else {}
+
+
+def _prepare_root(w):
+    ds = PLAN.dataset(w.dataset)
+    if ds["source"] == "synthetic":
+        return f"{RESULTS}/data/{w.dataset}/raw"
+    return f"{RESULTS}/raw/{ds['source']}" if _downloads(ds) else ds["root"]
+
+
+def _prepare_options(w):
+    ds = PLAN.dataset(w.dataset)
+    opts = []
+    if ds.get("allow_partial"):
+        opts.append("--allow-partial")
+    if ds["source"] == "voc":
+        if not ds.get("trainaug", True):
+            opts.append("--no-trainaug")
+        if ds.get("sbd_root") and not _downloads(ds):
+            opts.append(f"--sbd-root {shlex.quote(ds['sbd_root'])}")
+    return " ".join(opts)
+
 
 rule generate_synthetic:
-    priority: PRIORITY_DATA
     output:
         directory(f"{RESULTS}/data/{{dataset}}/raw"),
     params:
@@ -27,7 +120,6 @@ rule generate_synthetic:
 # .partial/{archive}) and the next run continues it. Cityscapes' login comes from the
 # environment or the file named by download.credentials; it never appears in a command or log.
 rule download_archive:
-    priority: PRIORITY_DATA
     output:
         f"{RESULTS}/downloads/{{source}}/{{archive}}",
     wildcard_constraints:
@@ -53,7 +145,6 @@ rule download_archive:
 
 # A mismatch deletes the archive (the next run downloads it again) and shows both MD5s.
 rule verify_archive:
-    priority: PRIORITY_DATA
     input:
         f"{RESULTS}/downloads/{{source}}/{{archive}}",
     output:
@@ -80,7 +171,6 @@ rule verify_archive:
 
 # Refuses absolute paths, '..' and links leading out; checks the free space first.
 rule extract_archives:
-    priority: PRIORITY_DATA
     input:
         archives=_archives,
         verified=_verified,
@@ -104,7 +194,6 @@ rule extract_archives:
 
 # The synthetic dataset (generated above).
 rule prepare:
-    priority: PRIORITY_DATA
     input:
         unpack(_prepare_input),
     output:
@@ -135,7 +224,6 @@ rule prepare:
 # A real dataset, from `root:` or from <results>/raw/{source}; split sizes are checked
 # against the published counts unless `allow_partial: true`.
 rule prepare_dataset:
-    priority: PRIORITY_DATA
     input:
         unpack(_prepare_input),
     output:

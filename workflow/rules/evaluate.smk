@@ -2,7 +2,6 @@
 
 
 rule evaluate:
-    priority: results_priority
     input:
         model=f"{RUN_DIR}/model.pt",
         run=f"{RUN_DIR}/run.json",
@@ -33,7 +32,6 @@ rule evaluate:
 
 
 rule profile:
-    priority: PRIORITY_PROFILE
     output:
         f"{RESULTS}/profiles/{{model}}-c{{classes}}-{{height}}x{{width}}.json",
     params:

@@ -7,6 +7,17 @@ from segbench.report.outputs import study_output_kind, study_outputs
 REPORT_CAPTIONS = "../report"  # relative to this file: workflow/report/
 
 
+def rule_safe(name):
+    return re.sub(r"\W", "_", name)
+
+
+def augment_dataset(study):
+    """The dataset whose first validation image the augmentation figure shows (U-Net vs
+    SegNet report, Figure 6), or None for a study that has no such figure."""
+    spec = PLAN.study_spec(study)
+    return PLAN.studies[study][0].dataset if spec["paper"] == "unet_segnet" and PLAN.studies[study] else None
+
+
 def _caption(kind):
     return f"{REPORT_CAPTIONS}/{kind}.rst"
 
@@ -39,7 +50,6 @@ def _report_rule_inputs(study):
 for _study in PLAN.studies:
 
     rule:
-        priority: results_priority
         name:
             f"report_{rule_safe(_study)}"
         input:

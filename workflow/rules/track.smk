@@ -23,7 +23,6 @@ STUDY_RECORD = f"{RESULTS}/mlflow/studies/{{study}}.json"
 
 
 rule mlflow_init:
-    priority: PRIORITY_STEP
     output:
         INIT_RECORD,
     params:
@@ -35,12 +34,7 @@ rule mlflow_init:
         f"{RESULTS}/logs/mlflow/init.log",
     benchmark:
         f"{RESULTS}/benchmarks/mlflow/init.tsv"
-    # Locally every core, though it uses one: it then waits, like the profiles, for two free
-    # cores, which the data steps leave together, and runs right after the profiles. As a
-    # one-core job it would start beside the data steps and wait there for the fork server,
-    # so that the first training, not the profiles, would take the next free core, and every
-    # profile (and so every track and report job) would wait for the last training.
-    threads: lambda w: workflow.cores if workflow.local_exec else 1
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
@@ -52,7 +46,6 @@ rule mlflow_init:
 
 
 rule track_run:
-    priority: results_priority
     input:
         init=INIT_RECORD,
         run=f"{RUN_DIR}/run.json",
@@ -83,7 +76,6 @@ rule track_run:
 
 
 rule track_study:
-    priority: results_priority
     input:
         init=INIT_RECORD,
         runs=lambda w: [f"{RESULTS}/mlflow/runs/{r.key}.json" for r in study_runs(w.study)],

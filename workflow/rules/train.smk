@@ -2,8 +2,11 @@
 # model's (or loss's, or dataset's) entry reruns exactly the runs that use it.
 
 
+def run_spec_json(w) -> str:
+    return json.dumps(PLAN.run_spec(run_of(w)), sort_keys=True)
+
+
 rule train:
-    priority: train_priority
     input:
         manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",

@@ -45,7 +45,6 @@ def _fetch_weights_args(w):
 # (HTTP Range); the SHA-256 (full, or torchvision's published prefix) is checked before the
 # file is moved into place; a mismatch deletes the .part and names both hashes.
 rule fetch_weights:
-    priority: PRIORITY_DATA
     output:
         f"{WEIGHTS_DIR}/{{file}}",
     wildcard_constraints:

@@ -135,13 +135,16 @@ def test_plan_trains_a_run_once_across_studies(raw):
     assert plan.studies_of(plan.runs[0]) == ["unet_segnet", "again"]
 
 
-def test_schema_enums_match_registries():
-    from segbench.config import load_schema
-    from segbench.losses import available as losses
-    from segbench.models import available as models
+def test_the_schema_is_package_data_and_names_what_the_catalog_declares():
+    from importlib import resources
 
-    schema = load_schema()
-    model_enum = schema["properties"]["models"]["additionalProperties"]["properties"]["arch"]["enum"]
-    loss_enum = schema["properties"]["losses"]["additionalProperties"]["properties"]["type"]["enum"]
-    assert sorted(model_enum) == sorted(models())
-    assert sorted(loss_enum) == sorted(losses())
+    from segbench.catalog import ARCHITECTURES, DATASET_SOURCES, LABEL_SETS, LOSSES
+    from segbench.config import load_schema
+
+    assert resources.files("segbench").joinpath("schemas", "config.schema.yaml").is_file()
+    entries = {k: v["additionalProperties"]["properties"] for k, v in load_schema()["properties"].items()
+               if k in ("datasets", "models", "losses")}
+    assert entries["models"]["arch"]["enum"] == list(ARCHITECTURES)
+    assert entries["losses"]["type"]["enum"] == list(LOSSES)
+    assert entries["datasets"]["source"]["enum"] == list(DATASET_SOURCES)
+    assert entries["datasets"]["labels"]["enum"] == list(LABEL_SETS) == ["trainId", "category"]

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import tiny_run_spec
-from segbench.config import ConfigError, arch_has_embeddings, validate_config
-from segbench.losses import NEEDS_EMBEDDINGS, available, build_loss, loss_class
+from segbench.config import ConfigError, validate_config
+from segbench.losses import available, build_loss, loss_class
 from segbench.losses.contrastive import CEContrastive, pixel_contrast, sample_anchors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,17 +59,6 @@ def test_unknown_type_and_option_name_the_allowed_ones():
 def test_bad_values_name_the_key(spec, key):
     with pytest.raises(ValueError, match=key):
         build_loss(spec)
-
-
-def test_needs_embeddings_matches_the_classes():
-    assert NEEDS_EMBEDDINGS == {k for k in available() if getattr(loss_class(k), "needs_embeddings", False)}
-
-
-def test_embedding_architectures_match_the_model_registry():
-    from segbench.models import available as models, model_class
-
-    for arch in models():
-        assert hasattr(model_class(arch), "forward_train") == arch_has_embeddings(arch), arch
 
 
 # ----------------------------------------------------------------------------- ce, dice, focal
@@ -239,7 +228,7 @@ def test_contrastive_loss_on_a_model_without_embeddings_fails_at_validation():
         validate_config(raw)
     msg = str(e.value)
     assert f"studies.{study}.losses" in msg and "'cc' (ce_contrastive) needs pixel embeddings" in msg
-    assert "'unet' (unet)" in msg and "van_fpn*" in msg
+    assert "'unet' (unet)" in msg and "architectures with one: van_fpn_frm, van_fpn_ppm, van_fpn_dappm" in msg
 
 
 # ----------------------------------------------------------------------------- every loss

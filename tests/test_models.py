@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from segbench.config import load_schema
 from segbench.models import available, build_model, options
 from segbench.models.common import count_parameters
 
@@ -147,7 +148,7 @@ def test_bad_options_fail_clearly(name, kwargs, match):
 
 
 def _schema_params():
-    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    schema = load_schema()
     entry = schema["properties"]["models"]["additionalProperties"]
     out = {}
     for block in entry["allOf"]:

@@ -1,9 +1,11 @@
 """Load and validate the benchmark configuration.
 
-The JSON schema in ``workflow/schemas/config.schema.yaml`` is the single description of
-every key. :func:`validate_config` checks a config mapping against it, reports *every*
-problem with the key's dotted path and the allowed values, fills in the schema's defaults,
-and then checks what a schema cannot: that every name a study uses is defined.
+The JSON schema ``schemas/config.schema.yaml`` (package data of segbench) is the single
+description of every key; the names that exist (architectures, loss types, dataset sources
+and label sets) are filled into it from :mod:`segbench.catalog` when it is loaded.
+:func:`validate_config` checks a config mapping against it, reports *every* problem with the
+key's dotted path and the allowed values, fills in the schema's defaults, and then checks
+what a schema cannot: that every name a study uses is defined.
 
 Grids (:func:`expand_grids`) generate named entries of ``losses`` and ``models`` from a
 base entry, explicit rows and/or a product of axes, before the schema check, so the rest
@@ -26,19 +28,41 @@ from typing import Any, Callable
 
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+from segbench import catalog
+from segbench.errors import UserError
+
+#: the config's JSON schema, package data of segbench (src/segbench/schemas/)
+SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """The configuration is invalid; the message lists every problem found."""
 
 
 def load_schema(path: str | Path | None = None) -> dict:
-    path = Path(path) if path else SCHEMA_PATH
-    if not path.exists():
-        raise ConfigError(f"config schema not found at {path}")
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    """The config's JSON schema (the package's own, or the file at ``path``), with the allowed
+    ``arch``, loss ``type``, dataset ``source`` and ``labels`` of :mod:`segbench.catalog`."""
+    if path:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config schema not found at {path}")
+        text = path.read_text(encoding="utf-8")
+    else:
+        from importlib import resources
+
+        text = resources.files("segbench").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    return _with_catalog(yaml.safe_load(text))
+
+
+def _with_catalog(schema: dict) -> dict:
+    """``schema`` with the catalog's names as the enums of the keys that name what exists."""
+    entries = {kind: schema["properties"][kind]["additionalProperties"]["properties"]
+               for kind in ("datasets", "models", "losses")}
+    entries["datasets"]["source"]["enum"] = list(catalog.DATASET_SOURCES)
+    entries["datasets"]["labels"]["enum"] = list(catalog.LABEL_SETS)
+    entries["models"]["arch"]["enum"] = list(catalog.ARCHITECTURES)
+    entries["losses"]["type"]["enum"] = list(catalog.LOSSES)
+    return schema
 
 
 def _key_path(parts) -> str:
@@ -318,20 +342,10 @@ def _is_pattern(name: str) -> bool:
 
 # ----------------------------------------------------------------------------- embeddings
 
-# Architectures whose models expose ``forward_train(images) -> {"logits", "embeddings"}``
-# (segbench.models; tests/test_losses.py checks this list against the registry). Static,
-# so that a study pairing a loss that needs embeddings with a model without them fails at
-# start-up, before any job runs, without importing torch.
-EMBEDDING_ARCH_PREFIXES: tuple[str, ...] = ("van_fpn",)
-
-
-def arch_has_embeddings(arch: str) -> bool:
-    return arch.startswith(EMBEDDING_ARCH_PREFIXES)
-
 
 def _check_embeddings(cfg: dict) -> list[str]:
-    from segbench.losses import NEEDS_EMBEDDINGS
-
+    """A study pairing a loss that needs embeddings with a model without an embedding head
+    (the catalog's flags) fails at start-up, before any job runs."""
     matrices = [(f"studies.{study}.losses", spec["models"], spec["losses"]) for study, spec in cfg["studies"].items()]
     matrices += [(f"studies.{study}.ablations.{name}.losses", abl["models"], abl["losses"])
                  for study, spec in cfg["studies"].items() for name, abl in spec["ablations"].items()]
@@ -341,16 +355,16 @@ def _check_embeddings(cfg: dict) -> list[str]:
     for where, models, losses in matrices:
         for loss in losses:
             kind = cfg["losses"][loss]["type"]
-            if kind not in NEEDS_EMBEDDINGS:
+            if not catalog.LOSSES[kind].needs_embeddings:
                 continue
-            lacking = [m for m in models if not arch_has_embeddings(cfg["models"][m]["arch"])]
+            lacking = [m for m in models if not catalog.ARCHITECTURES[cfg["models"][m]["arch"]].embeddings]
             if lacking:
                 problems.append(
                     f"config key '{where}': loss '{loss}' ({kind}) needs pixel embeddings, "
                     f"but model{'s' if len(lacking) > 1 else ''} "
                     f"{', '.join(repr(m) + ' (' + cfg['models'][m]['arch'] + ')' for m in lacking)} "
                     f"ha{'ve' if len(lacking) > 1 else 's'} no embedding head; architectures with one: "
-                    f"{', '.join(p + '*' for p in EMBEDDING_ARCH_PREFIXES)}. Put this loss in a study of such models")
+                    f"{', '.join(catalog.embedding_architectures())}. Put this loss in a study of such models")
     return problems
 
 
@@ -577,9 +591,12 @@ def _dataset_problems(name: str, ds: dict) -> list[str]:
     out = []
     if source != "synthetic" and "generate" in ds:
         out.append(f"{where}.generate': only the synthetic source generates data")
-    if ds.get("labels") == "category" and source not in ("synthetic", "cityscapes"):
-        out.append(f"{where}.labels': 'category' (the 7 Cityscapes categories) is for the cityscapes and "
-                   f"synthetic sources; source '{source}' has one label set: trainId")
+    label_sets = list(catalog.DATASET_SOURCES[source].classes)
+    if ds.get("labels", label_sets[0]) not in label_sets:
+        having = [s for s, d in catalog.DATASET_SOURCES.items() if ds["labels"] in d.classes]
+        out.append(f"{where}.labels': '{ds['labels']}' is a label set of the {' and '.join(having)} sources; "
+                   f"source '{source}' has {'one label set' if len(label_sets) == 1 else 'the label sets'}: "
+                   f"{', '.join(label_sets)}")
     for key in ("trainaug", "sbd_root"):
         if key in ds and source != "voc":
             out.append(f"{where}.{key}': only the voc source has SBD / trainaug; remove it")

@@ -12,9 +12,9 @@ anything: the model is built on torch's meta device (no weights, no arithmetic) 
 ``segbench.models.summary.count_macs_meta`` counts its convolutions and matrix products (the
 convention of the papers' "GFLOPs" and of ``segbench models``; element-wise operations,
 normalisation, pooling and resampling are not counted). Image counts are the published split
-sizes of the real datasets and the ``generate:`` counts of the synthetic one
-(``segbench.plan.split_images``); the evaluation size is ``Plan.eval_size`` (the dataset's
-``eval_size``, else ``segbench.plan.EVAL_SIZE`` or the synthetic size).
+sizes of the real datasets (``segbench.catalog``) and the ``generate:`` counts of the synthetic
+one (``segbench.plan.split_images``); the evaluation size is ``Plan.eval_size`` (the dataset's
+``eval_size``, else the source's in ``segbench.catalog`` or the synthetic size).
 
 GPU-hours = total FLOPs / the effective throughput given (TFLOP/s actually sustained by a
 training, not the device's peak). Left out: data loading and augmentation, validation during
@@ -28,6 +28,8 @@ import math
 import textwrap
 from dataclasses import dataclass
 from typing import Callable
+
+from segbench import catalog
 
 #: effective (sustained) training throughput assumed by default, TFLOP/s; 1 MAC = 2 FLOPs
 DEFAULT_TFLOPS = 50.0
@@ -147,10 +149,10 @@ def format_costs(plan, costs: list[RunCost], tflops: float = DEFAULT_TFLOPS) -> 
     datasets = dict.fromkeys(r.dataset for r in plan.runs)
     for ds in datasets:
         spec = plan.dataset(ds)
-        where = "generate: counts" if spec["source"] == "synthetic" else "published split sizes"
+        generated = catalog.DATASET_SOURCES[spec["source"]].generated
+        where = "generate: counts" if generated else "published split sizes"
         size_from = ("its eval_size" if spec.get("eval_size") else
-                     "the generated size" if spec["source"] == "synthetic" else
-                     "the documented eval size, plan.EVAL_SIZE")
+                     "the generated size" if generated else "the source's eval size, segbench.catalog")
         lines.append(f"  {ds} ({spec['source']}): {plan.split_images(ds, 'train')} train / "
                      f"{plan.split_images(ds, 'val')} val images ({where}); evaluated at "
                      f"{_hxw(plan.eval_size(ds))} (HxW; {size_from})")

@@ -8,7 +8,8 @@ Each run's fully resolved specification (dataset, model, loss and the training p
 after the dataset- and model-level overrides) is what the Snakefile hands to
 ``segbench train``; Snakemake's params trigger reruns exactly the runs whose spec changed.
 
-No torch here: the Snakefile imports this module at start-up.
+Classes, split sizes and evaluation sizes of the dataset sources come from
+:mod:`segbench.catalog`. No torch here: the Snakefile imports this module at start-up.
 """
 
 from __future__ import annotations
@@ -19,29 +20,17 @@ import json
 from dataclasses import dataclass
 from itertools import product
 
-# Classes per (source, label set); known before any data is prepared.
-NUM_CLASSES = {("synthetic", "trainId"): 19, ("synthetic", "category"): 7,
-               ("cityscapes", "trainId"): 19, ("cityscapes", "category"): 7,
-               ("ade20k", "trainId"): 150, ("voc", "trainId"): 21, ("bdd100k", "trainId"): 19}
-# Val image size per source, for profiling (synthetic: its generated size). Cityscapes is
-# native; ADE20K and VOC images vary, 512x512 is the papers' crop; BDD100K's 1280x720 is
-# padded to 736 rows, the next multiple of 32.
-EVAL_SIZE = {"cityscapes": (1024, 2048), "ade20k": (512, 512), "voc": (512, 512), "bdd100k": (736, 1280)}
+from segbench import catalog
 
 
 def split_images(dataset: dict, split: str) -> int:
     """Images in the ``split`` ("train" or "val") of a dataset entry: a synthetic set's
-    ``generate`` count; a real set's published count, kept once in its ``segbench.data``
-    module (``SPLIT_SIZES``; VOC's train is trainaug, ``TRAINAUG_SIZE`` = 10,582, unless the
-    entry says ``trainaug: false``). A real copy with ``allow_partial`` may hold fewer."""
-    if dataset["source"] == "synthetic":
+    ``generate`` count; a real set's published count (:func:`segbench.catalog.split_images`;
+    VOC's train is trainaug, 10,582 images, unless the entry says ``trainaug: false``). A real
+    copy with ``allow_partial`` may hold fewer."""
+    if catalog.DATASET_SOURCES[dataset["source"]].generated:
         return int(dataset["generate"][split])
-    from importlib import import_module
-
-    module = import_module(f"segbench.data.{dataset['source']}")
-    if dataset["source"] == "voc" and split == "train" and dataset.get("trainaug", True):
-        return int(module.TRAINAUG_SIZE)
-    return int(module.SPLIT_SIZES[split])
+    return catalog.split_images(dataset["source"], split, trainaug=dataset.get("trainaug", True))
 
 
 # dataset keys that say where the files are, not what they are
@@ -142,7 +131,7 @@ class Plan:
 
     def num_classes(self, dataset: str) -> int:
         ds = self.dataset(dataset)
-        return NUM_CLASSES[(ds["source"], ds["labels"])]
+        return catalog.num_classes(ds["source"], ds["labels"])
 
     def split_images(self, dataset: str, split: str) -> int:
         """Images in a dataset's train or val split (``split_images``)."""
@@ -152,9 +141,10 @@ class Plan:
         ds = self.dataset(dataset)
         if ds.get("eval_size"):
             return tuple(ds["eval_size"])
-        if ds["source"] == "synthetic":
+        size = catalog.eval_size(ds["source"])
+        if size is None:  # generated: evaluated at the generated size
             return (ds["generate"]["height"], ds["generate"]["width"])
-        return EVAL_SIZE[ds["source"]]
+        return size
 
     # -- runs -----------------------------------------------------------------------
     def train_spec(self, dataset: str, model: str) -> dict:

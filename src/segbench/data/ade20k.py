@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from segbench import catalog
 from segbench.data import DataError
 from segbench.data.download import Archive
 
@@ -40,8 +41,9 @@ ARCHIVES: Mapping[str, Archive] = {
 TOP = "ADEChallengeData2016"
 #: segbench split -> ADE folder name
 FOLDERS: Mapping[str, str] = {"train": "training", "val": "validation"}
-SPLIT_SIZES: Mapping[str, int] = {"train": 20210, "val": 2000}
-NUM_CLASSES = 150
+#: published images per split and the number of classes (segbench.catalog)
+SPLIT_SIZES: Mapping[str, int] = catalog.DATASET_SOURCES["ade20k"].splits
+NUM_CLASSES = catalog.num_classes("ade20k")
 
 # fmt: off
 CLASSES: tuple[str, ...] = (
@@ -63,7 +65,6 @@ CLASSES: tuple[str, ...] = (
     "glass", "clock", "flag",
 )
 # fmt: on
-assert len(CLASSES) == NUM_CLASSES
 
 
 def find_root(root: str | os.PathLike[str]) -> Path:

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from segbench import catalog
 from segbench.data import DataError
 from segbench.data.cityscapes_labels import TRAIN_CLASSES, TRAIN_PALETTE
 from segbench.data.download import Archive
@@ -37,8 +38,9 @@ ARCHIVES: Mapping[str, Archive] = {
         "bdd100k_sem_seg_labels_trainval.zip", f"{_HOST}/bdd100k_sem_seg_labels_trainval.zip",
         "9a2968dde3345eeb689cffb1e26f9c78", "419 MB"),
 }
-SPLIT_SIZES: Mapping[str, int] = {"train": 7000, "val": 1000}
-NUM_CLASSES = 19
+#: published images per split and the number of classes (segbench.catalog)
+SPLIT_SIZES: Mapping[str, int] = catalog.DATASET_SOURCES["bdd100k"].splits
+NUM_CLASSES = catalog.num_classes("bdd100k")
 IMAGE_SIZE = (1280, 720)  # width x height
 LICENCE_NOTE = "BDD100K is released under the BDD100K licence (https://doc.bdd100k.com/license.html); " \
                "downloading it means accepting its terms"

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from segbench.catalog import DOWNLOADABLE
 from segbench.data import DataError
 
 __all__ = [
@@ -61,8 +62,8 @@ __all__ = [
 ]
 
 CHUNK = 1 << 20
-#: the datasets that can be downloaded; each is a module ``segbench.data.{source}``
-SOURCES = ("cityscapes", "ade20k", "voc", "bdd100k")
+#: the datasets that can be downloaded (segbench.catalog); each is a module ``segbench.data.{source}``
+SOURCES = DOWNLOADABLE
 #: room kept free on top of an archive's unpacked size
 _DISK_MARGIN = 64 << 20
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from segbench import catalog
 from segbench.data import DataError
 from segbench.data.download import Archive
 
@@ -54,9 +55,10 @@ ARCHIVES: Mapping[str, Archive] = {
     ),
 }
 VOC_ARCHIVE, SBD_ARCHIVE = "VOCtrainval_11-May-2012.tar", "benchmark.tgz"
-SPLIT_SIZES: Mapping[str, int] = {"train": 1464, "val": 1449}
-TRAINAUG_SIZE = 10582
-NUM_CLASSES = 21
+#: published images per split, of trainaug, and the number of classes (segbench.catalog)
+SPLIT_SIZES: Mapping[str, int] = catalog.DATASET_SOURCES["voc"].splits
+TRAINAUG_SIZE: int = catalog.DATASET_SOURCES["voc"].trainaug
+NUM_CLASSES = catalog.num_classes("voc")
 CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",

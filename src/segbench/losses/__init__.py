@@ -6,8 +6,8 @@ Every loss is a plain ``nn.Module`` called as ``loss(logits, labels)`` (labels [
 ``model.forward_train``. Options are checked when the loss is built: an unknown key or a
 bad value fails naming the key and the allowed values. docs/losses.md describes each loss.
 
-Importing this module costs nothing (no torch): the config validation reads
-``NEEDS_EMBEDDINGS`` at start-up.
+The loss types are declared in :data:`segbench.catalog.LOSSES` (type -> module and class,
+description, ``needs_embeddings``); importing this module costs nothing (no torch).
 """
 
 from __future__ import annotations
@@ -15,30 +15,17 @@ from __future__ import annotations
 import importlib
 import inspect
 
-# type -> (module, class, description)
-_REGISTRY: dict[str, tuple[str, str, str]] = {
-    "ce": ("segbench.losses.ce", "CrossEntropy", "pixel-wise cross-entropy, ignore 255, optional class weights"),
-    "dice": ("segbench.losses.dice", "Dice", "multi-class soft Dice over the batch (GraDNet Eq. 1)"),
-    "focal": ("segbench.losses.focal", "Focal", "focal loss (Lin et al. 2017), gamma 2, optional class weights"),
-    "bal": ("segbench.losses.bal", "BoundaryAwareLoss",
-            "boundary-aware loss (PAC/BAL paper): CE weighted by a blurred class-edge map E_G"),
-    "ce_contrastive": ("segbench.losses.contrastive", "CEContrastive",
-                       "CE + pixel contrastive loss on a training-only embedding head (FRM; tau 0.1, lambda 1)"),
-}
-
-# loss types whose module has ``needs_embeddings = True`` (checked against the classes by
-# tests/test_losses.py); static so that config validation needs no torch
-NEEDS_EMBEDDINGS: frozenset[str] = frozenset({"ce_contrastive"})
+from segbench.catalog import LOSSES
 
 
 def available() -> dict[str, str]:
-    return {name: desc for name, (_, _, desc) in _REGISTRY.items()}
+    return {name: loss.description for name, loss in LOSSES.items()}
 
 
 def loss_class(kind: str):
-    if kind not in _REGISTRY:
-        raise ValueError(f"loss type '{kind}' is unknown; allowed types: {', '.join(_REGISTRY)}")
-    module, cls_name, _ = _REGISTRY[kind]
+    if kind not in LOSSES:
+        raise ValueError(f"loss type '{kind}' is unknown; allowed types: {', '.join(LOSSES)}")
+    module, _, cls_name = LOSSES[kind].target.partition(":")
     return getattr(importlib.import_module(module), cls_name)
 
 
@@ -50,7 +37,7 @@ def options(kind: str) -> dict[str, object]:
 
 def build_loss(spec: dict):
     if not isinstance(spec, dict) or "type" not in spec:
-        raise ValueError(f"loss spec {spec!r} needs a 'type' key; allowed types: {', '.join(_REGISTRY)}")
+        raise ValueError(f"loss spec {spec!r} needs a 'type' key; allowed types: {', '.join(LOSSES)}")
     kind = spec["type"]
     cls = loss_class(kind)
     given = {k: v for k, v in spec.items() if k not in ("type", "name")}

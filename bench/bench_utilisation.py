@@ -21,6 +21,10 @@ kxk / 1x1 / grouped (depth-wise) convolutions, batch norm, element-wise,
 pooling/resampling and copies; the worst model's top operators are listed. Such a model
 with scaled-down widths is then timed again at the papers' widths (unless ``--quick`` or
 ``--no-paper``), printed as [..., paper widths].
+
+The machine's load is checked before and after the run (:class:`benchlib.LoadCheck`: load
+average, and the share of the CPUs other processes used); a last line says whether it was
+quiet enough or too busy for the figures to mean anything.
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ def main(argv=None) -> int:
                     help="do not time the models under the target again at the papers' widths (--quick implies it)")
     a = ap.parse_args(argv)
     a.no_paper = a.no_paper or a.quick
+    load = benchlib.LoadCheck()
     rounds = a.iterations or (2 if a.quick else 4)
     compare = not (a.quick or a.no_compare)
     torch.set_num_threads(a.threads)
@@ -120,7 +125,8 @@ def main(argv=None) -> int:
         formats = dict.fromkeys(names, a.format == "channels_last")
     header(f"Training utilisation at {a.size} (torch {torch.__version__}, {torch.get_num_threads()} threads, "
            f"batch {a.batch}, preset {a.preset}, best of {rounds}; ratio = model f+b GFLOP/s / dense 3x3 conv "
-           f"128->128 @64x128 f+b GFLOP/s, timed in the same rounds, best over the run)")
+           f"128->128 @64x128 f+b GFLOP/s, timed in the same rounds, best over the run)", busy=False)
+    load.print_before()
     print(f"  memory format ({'config.yaml train.channels_last on a CPU' if a.format == 'config' else '--format'}): "
           f"channels_last for {', '.join(n for n in names if formats[n]) or 'none'}; "
           f"NCHW for {', '.join(n for n in names if not formats[n]) or 'none'}", flush=True)
@@ -185,7 +191,10 @@ def main(argv=None) -> int:
             figs.append(show(figure(f"utilisation f+b {name} [{fmt(formats[name])}, paper widths]", ratio, "", ">=",
                                     TARGET, note=f"{r['gflop_fwd_bwd']:.1f} GFLOP in {r['fwd_bwd_s'] * 1e3:.0f} ms = "
                                                  f"{r['gflops_fwd_bwd']:.0f} GFLOP/s")))
-    benchlib.write_json(a.json, "bench_utilisation", figs)
+    print()
+    check = load.verdict()
+    figs.append(show(benchlib.load_figure(check)))
+    benchlib.write_json(a.json, "bench_utilisation", figs, {"machine": check})
     return 0
 
 

@@ -102,6 +102,81 @@ def cpu_busy(seconds: float = 1.0) -> float | None:
     return 1.0 - (i1 - i0) / max(t1 - t0, 1)
 
 
+class LoadCheck:
+    """Whether the machine was quiet enough for a benchmark's timings to mean anything.
+
+    Created before the benchmark: the load average (``os.getloadavg``) and the share of the
+    CPUs busy over one second, both from *other* processes at that point. :meth:`verdict`
+    after it: the load average again (this benchmark's own work included) and the share of
+    the CPUs other processes used *during* the run (all CPUs' busy time from /proc/stat less
+    this process's and its waited-for children's, e.g. DataLoader workers). Too busy: other
+    processes took more than ``limit`` of the CPUs just before or during the run, or the
+    load average before exceeded ``load_per_cpu`` x the CPU count (a generous bound: the
+    average lags, so work that ended a minute ago still shows in it)."""
+
+    def __init__(self, limit: float = 0.25, load_per_cpu: float = 0.5):
+        self.limit, self.load_limit = limit, load_per_cpu * (os.cpu_count() or 1)
+        self.cpus = os.cpu_count() or 1
+        self.load_before = os.getloadavg()[0]
+        self.busy_before = cpu_busy(1.0)
+        self._start = self._snapshot()
+
+    def print_before(self) -> None:
+        busy = "-" if self.busy_before is None else f"{self.busy_before:.0%}"
+        warn = ""
+        if self.load_before > self.load_limit or (self.busy_before or 0.0) > self.limit:
+            warn = "  WARNING: the machine is busy; the timings will mean little, rerun when it is idle"
+        print(f"  machine before the run: load average {self.load_before:.2f} on {self.cpus} CPUs, {busy} of the "
+              f"CPUs busy with other processes{warn}", flush=True)
+
+    @staticmethod
+    def _snapshot():
+        t = os.times()
+        own = t.user + t.system + t.children_user + t.children_system
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            busy = (sum(v) - v[3] - (v[4] if len(v) > 4 else 0)) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError):
+            busy = None
+        return time.perf_counter(), own, busy
+
+    def verdict(self) -> dict:
+        """Print one line saying whether the machine was too busy; return the figures."""
+        wall0, own0, busy0 = self._start
+        wall1, own1, busy1 = self._snapshot()
+        others = None
+        if busy0 is not None and busy1 is not None and wall1 > wall0:
+            others = max(0.0, ((busy1 - busy0) - (own1 - own0)) / ((wall1 - wall0) * self.cpus))
+        load_after = os.getloadavg()[0]
+        reasons = []
+        if self.load_before > self.load_limit:
+            reasons.append(f"load average {self.load_before:.2f} before the run")
+        if self.busy_before is not None and self.busy_before > self.limit:
+            reasons.append(f"{self.busy_before:.0%} of the CPUs busy just before it")
+        if others is not None and others > self.limit:
+            reasons.append(f"other processes used {others:.0%} of the CPUs during it")
+        facts = (f"load average {self.load_before:.2f} before, {load_after:.2f} after (this benchmark's own work "
+                 f"included) on {self.cpus} CPUs; CPUs busy with other processes: "
+                 f"{'-' if self.busy_before is None else f'{self.busy_before:.0%}'} just before, "
+                 f"{'-' if others is None else f'{others:.0%}'} during the run")
+        if reasons:
+            print(f"  MACHINE TOO BUSY: {'; '.join(reasons)}: these timings mean little; rerun on an idle "
+                  f"machine ({facts})", flush=True)
+        else:
+            print(f"  machine quiet enough for these timings ({facts})", flush=True)
+        return {"too_busy": bool(reasons), "load_before": self.load_before, "load_after": load_after,
+                "busy_before": self.busy_before, "others_during": others, "cpus": self.cpus}
+
+
+def load_figure(check: dict) -> dict:
+    """:meth:`LoadCheck.verdict`'s result as a figure (reported, repeated in run_all's summary)."""
+    others = check["others_during"]
+    return figure("CPUs used by other processes during the run", None if others is None else 100 * others, "%",
+                  note="MACHINE TOO BUSY: the timings mean little" if check["too_busy"] else "quiet enough",
+                  summary=True)
+
+
 def header(title: str, busy: bool = True) -> None:
     print(f"\n== {title}", flush=True)
     if busy:

@@ -3,7 +3,6 @@
     python bench/run_all.py                 # all of them, default sizes (about 5 min on 2 cores)
     python bench/run_all.py --quick         # the short versions (about 2 min)
     python bench/run_all.py --only loader ops
-    python bench/run_all.py --results /tmp/x/results --wall 575    # the overhead of that finished run
 
 Each benchmark runs in its own process (``bench/bench_*.py --json``), prints its figures as
 it goes, each with its target and PASS/FAIL; the summary repeats the checked ones. Timings
@@ -34,7 +33,7 @@ BENCHES = {
     "utilisation": ("bench_utilisation.py", "training GFLOP/s vs dense conv at 256x512"),
     "bal": ("bench_bal.py", "BAL weight map vs a DeepLabV3 step"),
     "scale": ("bench_scale.py", "snakemake -n time, job counts"),
-    "overhead": ("bench_overhead.py", "pipeline overhead from Snakemake benchmark files"),
+    "step": ("bench_step.py", "segbench's training loop vs a bare PyTorch loop, two models"),
 }
 
 
@@ -54,13 +53,6 @@ def run_one(name: str, a, tmp: Path) -> tuple[list[dict], float, int, float | No
                 else ["--repeats", "5", "--model-repeats", "2"])
     else:
         cmd += ["--json", str(out_json)] + (["--quick"] if a.quick else [])
-    if name == "overhead":
-        if a.results:
-            cmd += ["--results", a.results]
-        if a.wall:
-            cmd += ["--wall", str(a.wall)]
-        if a.cores:
-            cmd += ["--cores", str(a.cores)]
     print(f"\n######## {name}: {what}\n$ {' '.join(cmd[1:])}", flush=True)
     busy = benchlib.cpu_busy(1.0)
     t0 = time.perf_counter()
@@ -85,9 +77,6 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="the short version of every benchmark")
     ap.add_argument("--only", nargs="+", choices=list(BENCHES), help="run only these")
     ap.add_argument("--skip", nargs="+", choices=list(BENCHES), default=[], help="skip these")
-    ap.add_argument("--results", help="bench_overhead: the finished results folder (default ./results)")
-    ap.add_argument("--wall", type=float, help="bench_overhead: that run's wall time in seconds")
-    ap.add_argument("--cores", type=int, help="bench_overhead: that run's parallel slots")
     a = ap.parse_args(argv)
     names = [n for n in (a.only or BENCHES) if n not in a.skip]
     summary, failed = [], []

@@ -4,9 +4,7 @@ the reference implementations they compare with. No timing is asserted anywhere.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,8 @@ sys.path.insert(0, str(BENCH))
 
 import benchlib  # noqa: E402
 import bench_eval  # noqa: E402
-import bench_overhead  # noqa: E402
 import bench_scale  # noqa: E402
+import bench_step  # noqa: E402
 import run_all  # noqa: E402
 
 DRY_RUN_TAIL = """\
@@ -95,39 +93,6 @@ def test_proposed_confusion_matrix_matches_segbench():
         bench_eval.where_extra_bin(torch.full_like(pred, 7), target, 5)
 
 
-def test_overhead_bookkeeping(tmp_path):
-    results = tmp_path / "results"
-    now = time.time()
-
-    def bench(rel: str, s: float, end: float):
-        p = results / "benchmarks" / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text("s\th:m:s\tmax_rss\n" f"{s}\t0:00:{int(s):02d}\t100\n")
-        os.utime(p, (end, end))
-
-    bench("train/syn/unet/ce/s0.tsv", 50.0, now - 20)
-    bench("evaluate/syn/unet/ce/s0.tsv", 6.0, now - 10)
-    bench("mlflow/runs/syn/unet/ce/s0.tsv", 4.0, now)
-    run = results / "runs" / "syn" / "unet" / "ce" / "s0"
-    run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"train_seconds": 45.0}))
-    (run / "metrics.json").write_text(json.dumps({"eval_seconds": 2.5}))
-    jobs = bench_overhead.read_benchmarks(results)
-    assert sorted(j["kind"] for j in jobs) == ["evaluate", "mlflow", "train"]
-    train, evaluate, notes = bench_overhead.compute_seconds(results, jobs)
-    assert (train, evaluate, notes) == (45.0, 2.5, [])
-    first = min(j["mtime"] - j["s"] for j in jobs)
-    assert first == pytest.approx(now - 70)
-    log = tmp_path / ".snakemake" / "log"
-    log.mkdir(parents=True)
-    start = time.strftime("%Y-%m-%dT%H%M%S", time.localtime(now - 75)) + ".000000"
-    p = log / f"{start}.snakemake.log"
-    p.write_text("done\n")
-    os.utime(p, (now + 1, now + 1))
-    wall, path = bench_overhead.snakemake_log_wall(results, first, now)
-    assert wall == pytest.approx(76, abs=1) and path == str(p)
-
-
 def test_bal_verdict_parsing():
     (f,) = run_all.bal_figures("...\nslowest weight map: 3.41% of the step; meets the 10% target\n")
     assert f["value"] == 3.41 and f["status"] == "PASS"
@@ -158,3 +123,32 @@ def test_model_bench_presets_and_formats_follow_config_yaml():
     for name, channels_last in formats.items():
         setting = (cfg["models"][name].get("train") or {}).get("channels_last", cfg["train"]["channels_last"])
         assert channels_last is (setting is True), name
+
+
+def test_step_bench_runs_both_loops_on_the_same_run(tiny_dataset, tmp_path):
+    """bench_step's two loops run an epoch each on the tiny dataset (segbench's through
+    engine/train.py's own parts, with its checkpoint), and its specs come from config.yaml."""
+    from conftest import tiny_run_spec
+
+    for name in bench_step.MODELS:
+        spec = bench_step.run_spec(bench_step.ROOT / "config.yaml", name)
+        assert spec["model"]["name"] == name and spec["loss"]["type"] == "ce"
+    spec = bench_step.timed_spec(tiny_run_spec(), 2)
+    assert spec["train"]["epochs"] == spec["train"]["val_every"] == 3
+    seg, run = bench_step.segbench_epochs(spec, tiny_dataset, tmp_path / "run")
+    bare = bench_step.bare_epochs(spec, tiny_dataset)
+    times = bench_step.interleaved({"segbench": seg, "bare": bare}, rounds=1, warmup=0)
+    assert set(times) == {"segbench", "bare"} and all(len(v) == 1 for v in times.values())
+    state = torch.load(run.ckpt_path, weights_only=True)
+    assert state["epoch"] == 1 and "val_mIoU" not in state["history"][0]  # no validation timed
+
+
+def test_load_check_says_whether_the_machine_was_busy(capsys):
+    check = benchlib.LoadCheck(limit=2.0, load_per_cpu=1e9)  # nothing counts as busy
+    check.print_before()
+    got = check.verdict()
+    out = capsys.readouterr().out
+    assert got["too_busy"] is False and "machine quiet enough" in out and "load average" in out
+    got = benchlib.LoadCheck(limit=-1.0, load_per_cpu=-1.0).verdict()  # everything does
+    assert got["too_busy"] is True and "MACHINE TOO BUSY" in capsys.readouterr().out
+    assert benchlib.load_figure(got)["summary"] is True

@@ -2,21 +2,32 @@
 while writing its declared outputs resumes on the next `snakemake` from its last complete
 checkpoint and ends exactly as an uninterrupted run (CPU, same seed), with one MLflow run.
 
-The kills come from the test hook ``SEGBENCH_FAULT=<point>:<n>`` of engine/train.py.
+The training process SIGKILLs itself at the chosen point: tests/kill_support/sitecustomize.py,
+put on its PYTHONPATH with ``KILL_AT=<point>:<n>``, wraps the function of engine/train.py
+where that point is (the production code has no test hook).
 """
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from conftest import tiny_run_spec
 from pipeline_support import read_history, read_metrics, snakemake
 
+KILL_SUPPORT = Path(__file__).resolve().parent / "kill_support"
 RUN = "synthetic/unet/ce/s0"
 # 8 train images in batches of 2: 4 optimisation steps per epoch, 2 epochs
 TINY = {
@@ -62,18 +73,60 @@ def test_atomic_path_fsyncs_before_the_rename(tmp_path, monkeypatch):
     assert events == [("fsync", False), ("replace", None), ("fsync", True)]
 
 
-def test_fault_hook_syntax(monkeypatch):
-    from segbench.engine.train import fault_plan
+# ------------------------------------------------------------------ kill the training process (seconds)
+def kill_env(fault: str) -> dict:
+    """The environment additions that make a training process SIGKILL itself at ``fault``."""
+    path = os.pathsep.join(p for p in (str(KILL_SUPPORT), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "KILL_AT": fault}
 
-    monkeypatch.delenv("SEGBENCH_FAULT", raising=False)
-    assert fault_plan() is None
+
+def test_kill_support_syntax():
+    spec = importlib.util.spec_from_file_location("kill_support", KILL_SUPPORT / "sitecustomize.py")
+    ks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ks)  # without KILL_AT it arms nothing
     for raw, want in (("batch:5", ("batch", 5)), ("checkpoint:2", ("checkpoint", 2)), ("outputs", ("outputs", 1))):
-        monkeypatch.setenv("SEGBENCH_FAULT", raw)
-        assert fault_plan() == want
+        assert ks.parse(raw) == want
     for raw in ("batch:0", "epoch:1", "batch:x"):
-        monkeypatch.setenv("SEGBENCH_FAULT", raw)
-        with pytest.raises(ValueError, match="SEGBENCH_FAULT"):
-            fault_plan()
+        with pytest.raises(ValueError, match="KILL_AT"):
+            ks.parse(raw)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("fault, resumed_after", [
+    ("batch:5", 1),        # in the middle of epoch 2 (steps 4-6)
+    ("checkpoint:2", 1),   # the temporary file of epoch 2's checkpoint is written, not yet renamed
+    ("outputs:1", 2),      # model.pt written, history.csv and run.json not
+])
+def test_killed_training_process_resumes_exactly(tiny_dataset, tmp_path, fault, resumed_after):
+    """`segbench train` SIGKILLed at each point, then rerun: the same history and weights as
+    an uninterrupted run, bit for bit (with a DataLoader worker, as the default config)."""
+    from segbench.engine.train import train_run
+
+    spec = copy.deepcopy(tiny_run_spec())
+    spec["train"]["workers"] = 1
+    reference = train_run(spec, tiny_dataset, tmp_path / "full", threads=1, progress=False)
+    run = tmp_path / "killed"
+    env = dict(os.environ, SEGBENCH_NO_PROGRESS="1", **kill_env(fault))
+    killed = subprocess.run([sys.executable, "-m", "segbench", "train", "--spec", json.dumps(spec), "--data",
+                             str(tiny_dataset), "--out", str(run), "--threads", "1"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert f"kill_support: SIGKILL at {fault}" in killed.stderr
+    assert torch.load(run / "ckpt" / "last.pt", weights_only=True)["epoch"] == resumed_after
+    assert not (run / "run.json").exists() and not (run / "history.csv").exists()
+    assert (run / "model.pt").exists() is fault.startswith("outputs")
+    assert bool(list((run / "ckpt").glob(".last.pt.*.tmp"))) is fault.startswith("checkpoint")
+
+    record = train_run(spec, tiny_dataset, run, threads=1, progress=False)
+    assert record["resumed_from_epoch"] == resumed_after
+    assert not list(run.rglob(".*.tmp"))
+    assert read_history(run / "history.csv") == read_history(tmp_path / "full" / "history.csv")
+    ours, theirs = _weights(run / "model.pt"), _weights(tmp_path / "full" / "model.pt")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert record["skipped_batches"] == 0 and reference["resumed_from_epoch"] is None
 
 
 # ------------------------------------------------------------------ kill and rerun, end to end
@@ -119,10 +172,10 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(base, referenc
     run = wd / "results" / "runs" / RUN
     log = wd / "results" / "logs" / "train" / f"{RUN}.log"
 
-    killed = snakemake(wd, check=False, env_extra={"SEGBENCH_FAULT": fault})
+    killed = snakemake(wd, check=False, env_extra=kill_env(fault))
     out = killed.stdout + killed.stderr
     assert killed.returncode != 0 and "Error in rule train" in out, out[-3000:]
-    assert f"SEGBENCH_FAULT: killing this process (SIGKILL) at {fault}" in log.read_text()
+    assert f"kill_support: SIGKILL at {fault}" in log.read_text()
     assert re.search(r"Killed\s+python -m segbench train", out), out[-3000:]  # bash's report of a SIGKILL
     # what the kill left: a complete checkpoint, no declared output a rerun could trust
     assert torch.load(run / "ckpt" / "last.pt", weights_only=True)["epoch"] == resumed_after
@@ -135,7 +188,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(base, referenc
     snakemake(wd, cores="all")
     text = log.read_text()
     assert f"resuming {RUN} from results/runs/{RUN}/ckpt/last.pt after epoch {resumed_after} of 2" in text, text
-    assert "SEGBENCH_FAULT" not in text
+    assert "kill_support" not in text
     assert not list(run.rglob(".*.tmp"))  # the killed job's temporary files are gone
 
     # the same numbers as the uninterrupted run, bit for bit

@@ -360,3 +360,18 @@ def test_on_nonfinite_is_validated():
             "datasets": {"d": {"source": "synthetic"}}, "models": {"unet": {"arch": "unet"}},
             "losses": {"ce": {"type": "ce"}}, "train": {"on_nonfinite": "ignore"},
             "studies": {"s": {"datasets": ["d"], "models": ["unet"], "losses": ["ce"]}}})
+
+
+def test_train_scores_count_every_second_row_and_column():
+    """history.csv's train_mIoU/train_aAcc come from a quarter of each batch's pixels: the
+    same counts as the full confusion matrix of that sample, ignored pixels left out."""
+    from segbench.engine.train import _train_confusion
+    from segbench.metrics import confusion_matrix
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 8, 12, generator=g).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 5, (2, 8, 12), generator=g)
+    labels[0, :4] = 255
+    want = confusion_matrix(logits[:, :, ::2, ::2].argmax(1), labels[:, ::2, ::2], 5)
+    got = _train_confusion(logits, labels, 5)
+    assert torch.equal(got, want) and int(got.sum()) == 2 * 4 * 6 - 2 * 6

@@ -1,5 +1,9 @@
 """Training of one run: seeded, resumable, with a per-epoch history.
 
+:func:`train_run` reads in one screen: :func:`setup` (data, model, loss, optimiser,
+scheduler), :func:`resume` (from the checkpoint), then per epoch :func:`train_epoch` (its
+history row) and :func:`checkpoint`, and last :func:`write_outputs`.
+
 The run's resolved spec (see :mod:`segbench.plan`) fully determines the result on CPU:
 every epoch re-seeds torch and the DataLoader's generator from (seed, epoch), so a run
 resumed from the checkpoint of epoch e continues exactly as an uninterrupted one would.
@@ -25,15 +29,12 @@ last complete checkpoint ("resuming ... after epoch k" in the log). A checkpoint
 be read (truncated by a full disk, say) or that no longer fits the model is moved aside to
 ``ckpt/last.pt.corrupt`` with a warning naming it, and the run starts from scratch.
 
-Non-finite losses (``train.on_nonfinite``): ``stop`` (default) ends the job with
-:class:`NonFiniteLoss`, naming the global step, the epoch, the batch's image files and the
-last good checkpoint; ``skip`` drops such a batch (no optimizer, scaler or scheduler step;
-batch-norm running statistics restored), prints it with its files, counts it
-(``skipped_batches`` per epoch in history.csv, total in run.json), and still stops when more
-than :data:`MAX_SKIPPED_FRACTION` of an epoch's batches are skipped.
-
-Test hook: ``SEGBENCH_FAULT=<point>[:<n>]`` makes the job SIGKILL itself (see
-:func:`fault_plan`); unset, it costs nothing.
+Non-finite losses (``train.on_nonfinite``, :class:`NonFinitePolicy`): ``stop`` (default)
+ends the job with :class:`NonFiniteLoss`, naming the global step, the epoch, the batch's
+image files and the last good checkpoint; ``skip`` drops such a batch (no optimizer, scaler
+or scheduler step; batch-norm running statistics restored), prints it with its files, counts
+it (``skipped_batches`` per epoch in history.csv, total in run.json), and still stops when
+more than :data:`MAX_SKIPPED_FRACTION` of an epoch's batches are skipped.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ import csv
 import io
 import math
 import os
-import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -55,6 +56,7 @@ from segbench.data import DataError
 from segbench.data.dataset import SegmentationDataset, pad_collate, seed_worker
 from segbench.data.transforms import train_transform
 from segbench.engine.common import job_cpus, progress_kwargs, setup_torch, use_channels_last
+from segbench.errors import UserError
 from segbench.io import atomic_path, read_json, remove_stale_temps, write_json, write_text
 from segbench.losses import build_loss
 from segbench.metrics import confusion_matrix, scores
@@ -71,44 +73,149 @@ MAX_SKIPPED_FRACTION = 0.1
 #: the keys of a complete ``ckpt/last.pt``
 CHECKPOINT_KEYS = ("epoch", "config_hash", "model", "optimizer", "scheduler", "scaler", "history")
 
-FAULT_ENV = "SEGBENCH_FAULT"
-FAULT_POINTS = ("batch", "checkpoint", "outputs")
 
-
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(UserError, RuntimeError):
     """A NaN or infinite training loss (the message names the step, the epoch, the batch's
     files and the last good checkpoint)."""
 
 
-def fault_plan() -> tuple[str, int] | None:
-    """The kill point ``SEGBENCH_FAULT`` asks for: a test hook, unset in real runs.
-
-    ``SEGBENCH_FAULT=<point>[:<n>]`` (n defaults to 1) makes the training process SIGKILL
-    itself, as a scheduler or the OOM killer would:
-
-    * ``batch:n``: right after the n-th optimisation step of the run (counted over all
-      epochs, 1-based, as if from scratch), i.e. in the middle of an epoch;
-    * ``checkpoint:n``: while writing the checkpoint of epoch n, after the temporary file
-      is complete and before it is renamed onto ``ckpt/last.pt``;
-    * ``outputs``: after ``model.pt`` is written, before ``history.csv`` and ``run.json``.
-    """
-    raw = os.environ.get(FAULT_ENV, "").strip()
-    if not raw:
-        return None
-    point, _, n = raw.partition(":")
-    if point not in FAULT_POINTS or not (n == "" or (n.isdigit() and int(n) >= 1)):
-        raise ValueError(f"{FAULT_ENV}={raw!r}: expected <point>[:<n>] with point one of "
-                         f"{', '.join(FAULT_POINTS)} and n >= 1 (a test hook; unset it for real runs)")
-    return point, int(n or 1)
+# ------------------------------------------------------------------ the run
+def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
+              progress: bool = True) -> dict:
+    """Train the run ``spec`` on the prepared data in ``data_dir`` into ``out_dir`` (resuming
+    from its checkpoint there, if any); returns the record written to run.json."""
+    run = setup(spec, Path(data_dir), Path(out_dir), threads=threads, progress=progress)
+    history = resume(run)
+    start_epoch = len(history)
+    print(run.summary(), flush=True)
+    t_start = time.time()
+    for epoch in range(start_epoch, run.epochs):
+        history.append(train_epoch(run, epoch))
+        checkpoint(run, history)
+    return write_outputs(run, history, resumed_from=start_epoch, wall_seconds=time.time() - t_start)
 
 
-def _die(point: str, n: int) -> None:
-    print(f"{FAULT_ENV}: killing this process (SIGKILL) at {point}:{n}", file=sys.stderr, flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)
+@dataclass
+class Training:
+    """What one run's epochs use: built by :func:`setup`, the training state by :meth:`build`."""
+
+    spec: dict
+    out_dir: Path
+    device: torch.device
+    amp: bool
+    channels_last: bool
+    meta: dict
+    config_hash: str
+    train_ds: SegmentationDataset
+    val_ds: SegmentationDataset
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    generator: torch.Generator   # the train loader's: its shuffle is re-seeded every epoch
+    workers: int
+    init_rng: torch.Tensor       # torch's RNG state the model is initialised from
+    progress: bool = True
+    model: torch.nn.Module | None = None
+    opt: torch.optim.Optimizer | None = None
+    sched: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
+    loss_fn: torch.nn.Module | None = None
+    needs_embeddings: bool = False
+    nonfinite: NonFinitePolicy | None = None
+    pretrained: dict | None = None
+
+    @property
+    def train(self) -> dict:
+        return self.spec["train"]
+
+    @property
+    def epochs(self) -> int:
+        return self.train["epochs"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.spec["seed"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / "ckpt" / "last.pt"
+
+    def build(self) -> None:
+        """Model, optimiser, scheduler and gradient scaler, from the same initial weights on
+        every call (a rebuild follows a checkpoint that failed to load)."""
+        torch.set_rng_state(self.init_rng)
+        model = build_model(self.spec["model"]["arch"], self.num_classes, **self.spec["model"]["params"])
+        model = model.to(self.device)
+        set_bn_momentum(model, self.train.get("bn_momentum"))
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.opt = make_optimizer(model, self.train)
+        self.sched = make_scheduler(self.opt, self.train, self.epochs * self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    def summary(self) -> str:
+        on_nonfinite = self.nonfinite.mode
+        return (f"training {self.spec['run_key']} on {self.device} ({torch.get_num_threads()} threads, "
+                f"{self.workers} loader workers{', AMP' if self.amp else ''}"
+                f"{', channels_last' if self.channels_last else ''}): "
+                f"{len(self.train_ds)} train / {len(self.val_ds)} val images, {self.epochs} epochs"
+                f"{'' if on_nonfinite == 'stop' else f', on_nonfinite={on_nonfinite}'}")
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100_003 + epoch
+# ------------------------------------------------------------------ set-up
+def setup(spec: dict, data_dir: Path, out_dir: Path, *, threads: int | None = None,
+          progress: bool = True) -> Training:
+    """Device, data and loaders, model, loss, optimiser and scheduler of the run ``spec``."""
+    tr = spec["train"]
+    device = setup_torch(threads or tr.get("threads"))
+    meta = read_json(data_dir / "meta.json")
+    if int(meta["num_classes"]) != spec["dataset"]["num_classes"]:
+        raise DataError(f"{data_dir / 'meta.json'} says {int(meta['num_classes'])} classes but the config expects "
+                        f"{spec['dataset']['num_classes']}; rerun `segbench prepare`")
+    torch.manual_seed(int(spec["seed"]))
+
+    train_ds = SegmentationDataset(data_dir / "manifest.csv", "train", train_transform(tr))
+    val_ds = SegmentationDataset(data_dir / "manifest.csv", "val", None)
+    if len(train_ds) < tr["batch_size"]:
+        raise DataError(f"the train split of {data_dir} has {len(train_ds)} images, fewer than "
+                        f"batch_size={tr['batch_size']}; lower train.batch_size")
+    gen = torch.Generator()
+    threads_used = torch.get_num_threads()
+    workers = loader_workers(tr["workers"], job_cpus(threads_used), threads_used, device)
+    loader_kw = dict(num_workers=workers, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
+                     persistent_workers=False)
+    run = Training(
+        spec=spec, out_dir=out_dir, device=device, amp=bool(tr.get("amp")) and device.type == "cuda",
+        channels_last=use_channels_last(tr.get("channels_last", "auto"), device), meta=meta,
+        config_hash=spec_hash(spec), train_ds=train_ds, val_ds=val_ds,
+        train_loader=torch.utils.data.DataLoader(train_ds, batch_size=tr["batch_size"], shuffle=True,
+                                                 drop_last=True, generator=gen, **loader_kw),
+        val_loader=torch.utils.data.DataLoader(val_ds, batch_size=spec["eval"]["batch_size"], shuffle=False,
+                                               collate_fn=pad_collate, **loader_kw),
+        generator=gen, workers=workers, init_rng=torch.get_rng_state(), progress=progress)
+    run.build()
+    run.pretrained = getattr(run.model, "pretrained_info", None)  # ImageNet backbone weights (params.pretrained)
+    if run.pretrained:
+        p = run.pretrained
+        print(f"pretrained backbone: {p['source']} from {p['file']} (sha256 {p['sha256']}, {p['tensors']} tensors)",
+              flush=True)
+    run.loss_fn = build_loss({k: v for k, v in spec["loss"].items() if k != "name"}).to(device)
+    run.needs_embeddings = bool(getattr(run.loss_fn, "needs_embeddings", False))
+    if run.needs_embeddings and not hasattr(run.model, "forward_train"):
+        raise ValueError(
+            f"loss '{spec['loss']['name']}' ({spec['loss']['type']}) needs pixel embeddings, but model "
+            f"'{spec['model']['name']}' ({spec['model']['arch']}) does not expose them; use a model with an "
+            "embedding head (see `segbench models`) or another loss")
+    run.nonfinite = NonFinitePolicy(tr.get("on_nonfinite", "stop"), run)
+    return run
 
 
 def loader_workers(configured: int, cpus: int, threads: int, device: torch.device) -> int:
@@ -155,11 +262,37 @@ def make_scheduler(opt: torch.optim.Optimizer, spec: dict, total_iters: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda it: max(0.0, 1.0 - it / total_iters) ** power)
 
 
-def _save_checkpoint(path: Path, state: dict, fault: tuple[str, int] | None = None) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-        if fault == ("checkpoint", state["epoch"]):
-            _die(*fault)  # the temporary file is complete, the rename not done
+# ------------------------------------------------------------------ resume
+def resume(run: Training) -> list[dict]:
+    """The history of the epochs ``ckpt/last.pt`` holds, its states loaded into ``run``; []
+    when there is none or it is not this run's (another config hash, unreadable, not fitting)."""
+    # temporary files of a killed predecessor (this job owns its outputs exclusively)
+    for target in (run.ckpt_path, run.out_dir / "model.pt", run.out_dir / "history.csv", run.out_dir / "run.json"):
+        for stale in remove_stale_temps(target):
+            print(f"removed {stale}, left by a killed job", flush=True)
+    path = run.ckpt_path
+    state = _load_checkpoint(path, run.device) if path.exists() else None
+    if state is None:
+        return []
+    if state["config_hash"] != run.config_hash:
+        print(f"ignoring {path}: it belongs to another configuration (hash "
+              f"{state['config_hash']} != {run.config_hash}); training from scratch", flush=True)
+        return []
+    try:
+        run.model.load_state_dict(state["model"])
+        run.opt.load_state_dict(state["optimizer"])
+        run.sched.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        history = [dict(r) for r in state["history"]]
+        epoch = int(state["epoch"])
+        if not 0 < epoch <= run.epochs or len(history) != epoch:
+            raise ValueError(f"epoch {epoch} with {len(history)} history rows, for {run.epochs} epochs")
+    except Exception as e:  # noqa: BLE001 - e.g. the model's code changed since the checkpoint
+        _set_aside(path, f"does not fit this run ({type(e).__name__}: {_first_line(e)})")
+        run.build()
+        return []
+    print(f"resuming {run.spec['run_key']} from {path} after epoch {epoch} of {run.epochs}", flush=True)
+    return history
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict | None:
@@ -190,13 +323,138 @@ def _set_aside(path: Path, why: str) -> None:
           f"(delete it once you no longer need it)", file=sys.stderr, flush=True)
 
 
-def _history_csv(history: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for row in history:
-        w.writerow({k: row.get(k, "") for k in HISTORY_COLUMNS})
-    return buf.getvalue()
+# ------------------------------------------------------------------ one epoch
+def train_epoch(run: Training, epoch: int) -> dict:
+    """Epoch ``epoch`` (0-based), seeded from (seed, epoch): every batch, validation when
+    due (``train.val_every``, and after the last epoch); returns its history row (printed)."""
+    t0 = time.time()
+    seed = _epoch_seed(run.seed, epoch)
+    torch.manual_seed(seed)
+    run.generator.manual_seed(seed)
+    if run.workers == 0:
+        run.train_ds.transform.set_random_seed(seed)
+    run.model.train()
+    run.nonfinite.start_epoch(epoch)
+    conf = torch.zeros(run.num_classes, run.num_classes, dtype=torch.int64, device=run.device)
+    loss_sum, n_batches = 0.0, 0
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{run.epochs}", unit="batch",
+               **progress_kwargs(run.progress))
+    for step, (images, labels, idx) in enumerate(bar):
+        images, labels = _to_device(images, labels, run.device, run.channels_last)
+        run.nonfinite.before_forward(run.model)
+        with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.amp):
+            if run.needs_embeddings:
+                # models with an embedding head compute it in training only: forward() stays lean
+                out = run.model.forward_train(images)
+                logits = out["logits"]
+                loss = run.loss_fn(logits, labels, embeddings=out["embeddings"])
+            else:
+                logits = run.model(images)
+                loss = run.loss_fn(logits, labels)
+        if run.nonfinite.rejects(loss, run.model, step, idx):
+            continue
+        _optimise(run, loss)
+        loss_sum += float(loss.detach())
+        n_batches += 1
+        conf += _train_confusion(logits, labels, run.num_classes)
+        bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", refresh=False)
+    bar.close()
+    train_scores = scores(conf.cpu())
+    row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_batches, 1),
+           "train_mIoU": train_scores["mIoU"], "train_aAcc": train_scores["aAcc"],
+           "lr": run.opt.param_groups[0]["lr"], "skipped_batches": run.nonfinite.skipped}
+    if (epoch + 1) % run.train["val_every"] == 0 or epoch + 1 == run.epochs:
+        val_loss, val_scores = validate(run.model, run.val_loader, run.loss_fn, run.num_classes, run.device,
+                                        run.amp, run.channels_last)
+        row.update(val_loss=val_loss, val_mIoU=val_scores["mIoU"], val_aAcc=val_scores["aAcc"])
+    row["epoch_seconds"] = time.time() - t0
+    row["time"] = time.time()
+    print(f"epoch {epoch + 1}/{run.epochs}: " + ", ".join(
+        f"{k}={v:.4f}" for k, v in row.items() if k not in ("epoch", "time") and isinstance(v, float)
+        and not math.isnan(v)), flush=True)
+    return row
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def _to_device(images, labels, device: torch.device, channels_last: bool):
+    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels
+
+
+def _train_confusion(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The confusion matrix of a training batch on every 2nd row and column (a quarter of its
+    pixels), so history.csv's train_mIoU and train_aAcc are estimates from that sample (the
+    validation scores count every pixel). Counting every pixel cost about 5% of a training
+    step on a CPU (bench/bench_step.py), this about 1%. The dataset has checked the label
+    ids, so ignored pixels go to an extra bin instead of being indexed out."""
+    c = num_classes
+    pred = logits.detach()[:, :, ::2, ::2].max(1).indices
+    target = labels[:, ::2, ::2]
+    idx = target * c + pred
+    idx.masked_fill_(target == IGNORE_INDEX, c * c)
+    return torch.bincount(idx.reshape(-1), minlength=c * c + 1)[: c * c].reshape(c, c)
+
+
+def _optimise(run: Training, loss: torch.Tensor) -> None:
+    """One optimisation step on ``loss``: backward, optimiser, gradient scaler, scheduler."""
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.sched.step()
+
+
+class NonFinitePolicy:
+    """``train.on_nonfinite``: what a batch whose loss is NaN or infinite does (see the
+    module docstring). ``stop`` raises :class:`NonFiniteLoss`; ``skip`` restores the model's
+    buffers (batch-norm statistics) as they were before the batch's forward pass, counts
+    the batch and raises only when more than :data:`MAX_SKIPPED_FRACTION` of an epoch's
+    batches were skipped."""
+
+    def __init__(self, mode: str, run: Training):
+        self.mode, self.run = mode, run
+        self.max_skipped = int(MAX_SKIPPED_FRACTION * run.steps_per_epoch)
+        self.epoch, self.skipped = 0, 0
+        self._buffers: list[torch.Tensor] | None = None
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch, self.skipped = epoch, 0
+
+    def before_forward(self, model: torch.nn.Module) -> None:
+        if self.mode == "skip":
+            # a skipped batch must leave no trace: its forward pass updates BN statistics
+            self._buffers = [b.detach().clone() for b in model.buffers()]
+
+    def rejects(self, loss: torch.Tensor, model: torch.nn.Module, step: int, idx) -> bool:
+        """False for a finite loss; True for a non-finite one that is skipped (buffers
+        restored); raises :class:`NonFiniteLoss` when the policy says stop."""
+        if torch.isfinite(loss.detach()):
+            return False
+        run, epoch = self.run, self.epoch
+        where = (f"loss is {float(loss.detach())} at step {epoch * run.steps_per_epoch + step + 1} (epoch "
+                 f"{epoch + 1}/{run.epochs}, batch {step + 1}/{run.steps_per_epoch}); batch files: "
+                 f"{', '.join(run.train_ds.rows[int(i)]['image'] for i in idx)}")
+        last_good = (f"last good checkpoint: {run.ckpt_path} (after epoch {epoch})" if epoch > 0
+                     else "last good checkpoint: none (no epoch finished yet)")
+        if self.mode != "skip":
+            raise NonFiniteLoss(f"{where}; {last_good}. Check these files and the learning rate; "
+                                "train.on_nonfinite: skip drops such batches instead")
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), self._buffers):
+                b.copy_(saved)
+        self.skipped += 1
+        print(f"skipped batch: {where}", file=sys.stderr, flush=True)
+        if self.skipped > self.max_skipped:
+            raise NonFiniteLoss(
+                f"{self.skipped} of the {run.steps_per_epoch} batches of epoch {epoch + 1} had a non-finite "
+                f"loss, more than {MAX_SKIPPED_FRACTION:.0%} (train.on_nonfinite: skip): stopping, the "
+                f"data or the learning rate is broken. Last: {where}; {last_good}")
+        return True
 
 
 @torch.no_grad()
@@ -206,9 +464,7 @@ def validate(model, loader, loss_fn, num_classes, device, amp: bool,
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     total, pixels = 0.0, 0
     for images, labels, _ in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images, labels = _to_device(images, labels, device, channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(images)
         n = int((labels != IGNORE_INDEX).sum())
@@ -218,198 +474,47 @@ def validate(model, loader, loss_fn, num_classes, device, amp: bool,
     return total / max(pixels, 1), scores(conf.cpu())
 
 
-def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
-              progress: bool = True) -> dict:
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    tr = spec["train"]
-    device = setup_torch(threads or tr.get("threads"))
-    amp = bool(tr.get("amp")) and device.type == "cuda"
-    channels_last = use_channels_last(tr.get("channels_last", "auto"), device)
-    meta = read_json(data_dir / "meta.json")
-    num_classes = int(meta["num_classes"])
-    if num_classes != spec["dataset"]["num_classes"]:
-        raise DataError(f"{data_dir / 'meta.json'} says {num_classes} classes but the config expects "
-                        f"{spec['dataset']['num_classes']}; rerun `segbench prepare`")
-    chash = spec_hash(spec)
-    seed = int(spec["seed"])
-    torch.manual_seed(seed)
+# ------------------------------------------------------------------ checkpoint
+def checkpoint(run: Training, history: list[dict]) -> None:
+    """``ckpt/last.pt`` after the last epoch of ``history``: everything a rerun resumes from."""
+    _save_checkpoint(run.ckpt_path, {
+        "epoch": len(history), "config_hash": run.config_hash, "model": run.model.state_dict(),
+        "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "scaler": run.scaler.state_dict(),
+        "history": history})
 
-    transform = train_transform(tr)
-    train_ds = SegmentationDataset(data_dir / "manifest.csv", "train", transform)
-    val_ds = SegmentationDataset(data_dir / "manifest.csv", "val", None)
-    if len(train_ds) < tr["batch_size"]:
-        raise DataError(f"the train split of {data_dir} has {len(train_ds)} images, fewer than "
-                        f"batch_size={tr['batch_size']}; lower train.batch_size")
-    gen = torch.Generator()
-    threads_used = torch.get_num_threads()
-    workers = loader_workers(tr["workers"], job_cpus(threads_used), threads_used, device)
-    loader_kw = dict(num_workers=workers, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
-                     persistent_workers=False)
-    train_loader = torch.utils.data.DataLoader(train_ds, batch_size=tr["batch_size"], shuffle=True,
-                                               drop_last=True, generator=gen, **loader_kw)
-    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=spec["eval"]["batch_size"], shuffle=False,
-                                             collate_fn=pad_collate, **loader_kw)
 
-    epochs = tr["epochs"]
-    steps_per_epoch = len(train_loader)
-    init_rng = torch.get_rng_state()
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
-    def build():
-        # the same initial weights on a rebuild (after a checkpoint that failed to load)
-        torch.set_rng_state(init_rng)
-        model = build_model(spec["model"]["arch"], num_classes, **spec["model"]["params"]).to(device)
-        set_bn_momentum(model, tr.get("bn_momentum"))
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        opt = make_optimizer(model, tr)
-        sched = make_scheduler(opt, tr, epochs * steps_per_epoch)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        return model, opt, sched, scaler
 
-    model, opt, sched, scaler = build()
-    pretrained = getattr(model, "pretrained_info", None)  # ImageNet backbone weights (params.pretrained)
-    if pretrained:
-        print(f"pretrained backbone: {pretrained['source']} from {pretrained['file']} (sha256 "
-              f"{pretrained['sha256']}, {pretrained['tensors']} tensors)", flush=True)
-    loss_fn = build_loss({k: v for k, v in spec["loss"].items() if k != "name"}).to(device)
-    needs_embeddings = bool(getattr(loss_fn, "needs_embeddings", False))
-    if needs_embeddings and not hasattr(model, "forward_train"):
-        raise ValueError(
-            f"loss '{spec['loss']['name']}' ({spec['loss']['type']}) needs pixel embeddings, but model "
-            f"'{spec['model']['name']}' ({spec['model']['arch']}) does not expose them; use a model with an "
-            "embedding head (see `segbench models`) or another loss")
-    on_nonfinite = tr.get("on_nonfinite", "stop")
-    fault = fault_plan()
-
-    ckpt_path = out_dir / "ckpt" / "last.pt"
-    # temporary files of a killed predecessor (this job owns its outputs exclusively)
-    for target in (ckpt_path, out_dir / "model.pt", out_dir / "history.csv", out_dir / "run.json"):
-        for stale in remove_stale_temps(target):
-            print(f"removed {stale}, left by a killed job", flush=True)
-    history: list[dict] = []
-    start_epoch = 0
-    state = _load_checkpoint(ckpt_path, device) if ckpt_path.exists() else None
-    if state is not None and state["config_hash"] != chash:
-        print(f"ignoring {ckpt_path}: it belongs to another configuration (hash "
-              f"{state['config_hash']} != {chash}); training from scratch", flush=True)
-    elif state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            history = [dict(r) for r in state["history"]]
-            start_epoch = int(state["epoch"])
-            if not 0 < start_epoch <= epochs or len(history) != start_epoch:
-                raise ValueError(f"epoch {start_epoch} with {len(history)} history rows, for {epochs} epochs")
-        except Exception as e:  # noqa: BLE001 - e.g. the model's code changed since the checkpoint
-            _set_aside(ckpt_path, f"does not fit this run ({type(e).__name__}: {_first_line(e)})")
-            model, opt, sched, scaler = build()
-            history, start_epoch = [], 0
-        else:
-            print(f"resuming {spec['run_key']} from {ckpt_path} after epoch {start_epoch} of {epochs}",
-                  flush=True)
-    del state
-
-    print(f"training {spec['run_key']} on {device} ({torch.get_num_threads()} threads, {workers} loader workers"
-          f"{', AMP' if amp else ''}{', channels_last' if channels_last else ''}): "
-          f"{len(train_ds)} train / {len(val_ds)} val images, {epochs} epochs"
-          f"{'' if on_nonfinite == 'stop' else f', on_nonfinite={on_nonfinite}'}", flush=True)
-    max_skipped = int(MAX_SKIPPED_FRACTION * steps_per_epoch)
-    t_start = time.time()
-    for epoch in range(start_epoch, epochs):
-        t0 = time.time()
-        torch.manual_seed(_epoch_seed(seed, epoch))
-        gen.manual_seed(_epoch_seed(seed, epoch))
-        if workers == 0:
-            transform.set_random_seed(_epoch_seed(seed, epoch))
-        model.train()
-        conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-        loss_sum, n_batches, skipped = 0.0, 0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", **progress_kwargs(progress))
-        for step, (images, labels, idx) in enumerate(bar):
-            global_step = epoch * steps_per_epoch + step + 1
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            if on_nonfinite == "skip":
-                # a skipped batch must leave no trace: its forward pass updates BN statistics
-                buffers = [b.detach().clone() for b in model.buffers()]
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                if needs_embeddings:
-                    # models with an embedding head compute it in training only: forward() stays lean
-                    out = model.forward_train(images)
-                    logits = out["logits"]
-                    loss = loss_fn(logits, labels, embeddings=out["embeddings"])
-                else:
-                    logits = model(images)
-                    loss = loss_fn(logits, labels)
-            if not torch.isfinite(loss.detach()):
-                where = (f"loss is {float(loss.detach())} at step {global_step} (epoch {epoch + 1}/{epochs}, batch "
-                         f"{step + 1}/{steps_per_epoch}); batch files: "
-                         f"{', '.join(train_ds.rows[int(i)]['image'] for i in idx)}")
-                last_good = (f"last good checkpoint: {ckpt_path} (after epoch {epoch})" if epoch > 0
-                             else "last good checkpoint: none (no epoch finished yet)")
-                if on_nonfinite != "skip":
-                    raise NonFiniteLoss(f"{where}; {last_good}. Check these files and the learning rate; "
-                                        "train.on_nonfinite: skip drops such batches instead")
-                with torch.no_grad():
-                    for b, saved in zip(model.buffers(), buffers):
-                        b.copy_(saved)
-                skipped += 1
-                print(f"skipped batch: {where}", file=sys.stderr, flush=True)
-                if skipped > max_skipped:
-                    raise NonFiniteLoss(
-                        f"{skipped} of the {steps_per_epoch} batches of epoch {epoch + 1} had a non-finite "
-                        f"loss, more than {MAX_SKIPPED_FRACTION:.0%} (train.on_nonfinite: skip): stopping, the "
-                        f"data or the learning rate is broken. Last: {where}; {last_good}")
-                continue
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            loss_sum += float(loss.detach())
-            n_batches += 1
-            conf += confusion_matrix(logits.detach().argmax(1), labels, num_classes)
-            bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", refresh=False)
-            if fault is not None and fault == ("batch", global_step):
-                _die(*fault)
-        bar.close()
-        train_scores = scores(conf.cpu())
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_batches, 1),
-               "train_mIoU": train_scores["mIoU"], "train_aAcc": train_scores["aAcc"],
-               "lr": opt.param_groups[0]["lr"], "skipped_batches": skipped}
-        if (epoch + 1) % tr["val_every"] == 0 or epoch + 1 == epochs:
-            val_loss, val_scores = validate(model, val_loader, loss_fn, num_classes, device, amp, channels_last)
-            row.update(val_loss=val_loss, val_mIoU=val_scores["mIoU"], val_aAcc=val_scores["aAcc"])
-        row["epoch_seconds"] = time.time() - t0
-        row["time"] = time.time()
-        history.append(row)
-        print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(
-            f"{k}={v:.4f}" for k, v in row.items() if k not in ("epoch", "time") and isinstance(v, float)
-            and not math.isnan(v)), flush=True)
-        _save_checkpoint(ckpt_path, {
-            "epoch": epoch + 1, "config_hash": chash, "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-            "history": history}, fault)
-
-    # declared outputs, written last (run.json last of all)
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
-    if fault is not None and fault[0] == "outputs":
-        _die(*fault)
-    write_text(out_dir / "history.csv", _history_csv(history))
+# ------------------------------------------------------------------ outputs
+def write_outputs(run: Training, history: list[dict], *, resumed_from: int, wall_seconds: float) -> dict:
+    """The declared outputs: ``model.pt``, ``history.csv`` and, last of all, ``run.json``
+    (whose record is returned)."""
+    with atomic_path(run.out_dir / "model.pt") as tmp:
+        torch.save(run.model.state_dict(), tmp)
+    write_text(run.out_dir / "history.csv", _history_csv(history))
+    spec = run.spec
     record = {
         "run_key": spec["run_key"], "dataset": spec["dataset"]["name"], "model": spec["model"]["name"],
-        "loss": spec["loss"]["name"], "seed": seed, "config": spec, "config_hash": chash,
-        "num_classes": num_classes, "class_names": meta["class_names"], "palette": meta["palette"],
-        "device": str(device), "threads": torch.get_num_threads(), "workers": workers, "amp": amp,
-        "channels_last": channels_last, "pretrained": pretrained,
-        "epochs": epochs, "on_nonfinite": on_nonfinite,
+        "loss": spec["loss"]["name"], "seed": run.seed, "config": spec, "config_hash": run.config_hash,
+        "num_classes": run.num_classes, "class_names": run.meta["class_names"], "palette": run.meta["palette"],
+        "device": str(run.device), "threads": torch.get_num_threads(), "workers": run.workers, "amp": run.amp,
+        "channels_last": run.channels_last, "pretrained": run.pretrained,
+        "epochs": run.epochs, "on_nonfinite": run.nonfinite.mode,
         "skipped_batches": sum(int(r.get("skipped_batches") or 0) for r in history),
         "train_seconds": sum(r["epoch_seconds"] for r in history),
-        "resumed_from_epoch": start_epoch or None, "wall_seconds_this_job": time.time() - t_start,
+        "resumed_from_epoch": resumed_from or None, "wall_seconds_this_job": wall_seconds,
     }
-    write_json(out_dir / "run.json", record)
+    write_json(run.out_dir / "run.json", record)
     return record
+
+
+def _history_csv(history: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: row.get(k, "") for k in HISTORY_COLUMNS})
+    return buf.getvalue()

@@ -115,7 +115,7 @@ def throughput(batch: int, h: int, w: int, rounds: int) -> list[dict]:
 
 def count_calls_in_evaluate(tmp: Path) -> list[dict]:
     """Evaluate a tiny run (width-4 U-Net, 10 val images, batch 4) under the profiler."""
-    from segbench.data.prepare import prepare_cityscapes
+    from segbench.data.cityscapes import prepare_cityscapes
     from segbench.data.synthetic import generate
     from segbench.engine import evaluate as ev
     from segbench.io import read_json, write_json

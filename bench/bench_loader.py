@@ -50,7 +50,7 @@ TARGET = 2.0
 
 # ---------------------------------------------------------------- data
 def make_dataset(tmp: Path, height: int, width: int, train: int) -> Path:
-    from segbench.data.prepare import prepare_cityscapes
+    from segbench.data.cityscapes import prepare_cityscapes
     from segbench.data.synthetic import generate
 
     raw, out = tmp / f"raw{height}x{width}", tmp / f"data{height}x{width}"

@@ -33,7 +33,7 @@ def tiny_run_spec(model_params: dict | None = None, loss: dict | None = None, ep
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """6 train / 2 val synthetic scenes at 64x128, prepared like Cityscapes (seconds)."""
-    from segbench.data.prepare import prepare_cityscapes
+    from segbench.data.cityscapes import prepare_cityscapes
     from segbench.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("tiny-synthetic")

@@ -53,3 +53,22 @@ def test_commands_that_need_no_torch_do_not_import_it(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "False False", proc.stdout + proc.stderr
+
+
+def test_user_errors_share_one_base_that_the_cli_shows_as_error():
+    from segbench.config import ConfigError
+    from segbench.data import DataError
+    from segbench.engine.train import NonFiniteLoss
+    from segbench.errors import UserError
+    from segbench.models.pretrained import PretrainedError
+    from segbench.tracking import TrackingError
+    from segbench.weights import WeightsError
+
+    for cls in (ConfigError, DataError, WeightsError, PretrainedError, TrackingError, NonFiniteLoss):
+        assert issubclass(cls, UserError), cls
+    assert issubclass(ConfigError, ValueError) and issubclass(TrackingError, RuntimeError)  # as before
+
+    # a wrong combination of options is one too: message and exit status as argparse's
+    proc = segbench("prepare", "ade20k", "--root", "x", "--out", "y", "--labels", "category")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("segbench prepare: error: --labels category is for cityscapes"), proc.stderr

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from segbench.data import DataError
-from segbench.data.prepare import prepare_cityscapes
+from segbench.data.cityscapes import prepare_cityscapes
 from segbench.data.synthetic import generate
 
 # label id -> trainId (cityscapesscripts labels.py), 255 = ignored

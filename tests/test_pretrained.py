@@ -378,14 +378,14 @@ def test_registry_defaults_match_the_constructors():
 
 def test_shape_only_steps_do_not_read_the_checkpoint(tmp_path, monkeypatch):
     from segbench.profiling import profile_model
-    from segbench.schedule import count_work
+    from segbench.cost import count_macs
 
     monkeypatch.setenv(ENV, str(tmp_path))  # empty: loading would fail
     params = {"variant": "b0", "width": 4, "decoder_dim": 8, "pretrained": "van:b0"}
     with pytest.raises(WeightsError):
         build_model("van_fpn_frm", 19, **params)
     assert without_pretrained(params) == {"variant": "b0", "width": 4, "decoder_dim": 8}
-    assert count_work("van_fpn_frm", params, 19, (64, 64))[0] > 0
+    assert count_macs("van_fpn_frm", params, 19, (64, 64)) > 0
     result = profile_model("van_fpn_frm", params, 19, (64, 64), warmup=0, iterations=1, threads=1)
     assert result["params"] > 0
 

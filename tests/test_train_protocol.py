@@ -11,10 +11,9 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from conftest import tiny_run_spec
-from segbench.config import ConfigError, scale_steps, validate_config
+from segbench.config import ConfigError, load_schema, scale_steps, validate_config
 from segbench.data.transforms import AUGMENTATIONS, SteppedRandomScale, augmentation_examples, train_transform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +132,7 @@ def test_schema_defaults_leave_the_papers_protocol_alone(minimal_config):
 
 
 def test_schema_names_the_known_augmentations():
-    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = load_schema()
     assert schema["$defs"]["train"]["properties"]["augment"]["items"]["enum"] == list(AUGMENTATIONS)
 
 

@@ -16,7 +16,7 @@ import yaml
 from datasets_support import FileServer
 
 from segbench.cli import main
-from segbench.config import ConfigError, validate_config
+from segbench.config import ConfigError, load_schema, validate_config
 from segbench.weights import DEFAULT_DIR, ENV, REGISTRY, WeightsError, fetch_weights, weights_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,8 +187,7 @@ def test_config_source_errors():
 
 
 def test_schema_lists_the_registered_names():
-    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
-    text = schema["properties"]["weights"]["description"]
+    text = load_schema()["properties"]["weights"]["description"]
     assert all(name in text for name in REGISTRY)
 
 

@@ -3,6 +3,12 @@
 Snakemake rules call these (``python -m segbench STEP ...``); a person can run any step by
 hand the same way. Heavy modules are imported inside the subcommand that needs them, so
 ``segbench check-config`` or ``segbench report`` never import torch or mlflow they don't use.
+
+Each step is a ``cmd_<step>(args)`` registered with :func:`step`, next to the
+``add_<step>_arguments(parser)`` that declares its arguments; ``segbench --help`` lists the
+steps in the order they are registered here. A :class:`~segbench.errors.UserError` (or a
+missing file) raised by a step is shown as ``segbench STEP: error: MESSAGE`` with exit
+status 2, as argparse shows a bad argument; anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -11,9 +17,14 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from segbench.errors import UserError
 
+
+# ---------------------------------------------------------------- argument types
 def _json_arg(value: str):
     """A JSON document given inline or as @path."""
     if value.startswith("@"):
@@ -32,7 +43,58 @@ def _size_arg(value: str) -> tuple[int, int]:
     return h, w
 
 
-# ---------------------------------------------------------------- subcommands
+def _positive_float(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a number above 0")
+    return v
+
+
+def _name_value(value: str) -> tuple[str, str]:
+    name, sep, val = value.partition("=")
+    if not sep or not name or not val:
+        raise argparse.ArgumentTypeError(f"{value!r} must look like ARCHIVE=VALUE")
+    return name, val
+
+
+# ---------------------------------------------------------------- the registry of steps
+@dataclass(frozen=True)
+class Step:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+#: step name -> Step, in the order of ``segbench --help``
+STEPS: dict[str, Step] = {}
+
+
+def step(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Register the decorated ``cmd_...(args) -> exit status`` as subcommand ``name``."""
+
+    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        STEPS[name] = Step(name, help, add_arguments, run)
+        return run
+
+    return register
+
+
+# ---------------------------------------------------------------- check-config
+def add_check_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", default="config.yaml")
+    p.add_argument("--cost", action="store_true",
+                   help="instead of the run list, estimate each run's compute (MACs counted on the meta device "
+                   "x images x epochs x 3, plus the final evaluation) and the total GPU-hours; imports torch")
+    p.add_argument("--throughput-tflops", type=_positive_float, default=50.0, metavar="TFLOPS",
+                   help="with --cost: effective training throughput of one GPU in TFLOP/s (1 MAC = 2 FLOPs; "
+                   "default 50, i.e. 25 TMAC/s)")
+
+
+@step("check-config", "validate a config file and list the runs it plans", add_check_config_arguments)
 def cmd_check_config(a) -> int:
     from segbench.config import load_config
     from segbench.plan import Plan
@@ -49,16 +111,18 @@ def cmd_check_config(a) -> int:
     return 0
 
 
-def _positive_float(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        v = -1.0
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be a number above 0")
-    return v
+# ---------------------------------------------------------------- generate
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, default=160)
+    p.add_argument("--val", type=int, default=40)
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+@step("generate", "generate the embedded synthetic dataset (Cityscapes layout)", add_generate_arguments)
 def cmd_generate(a) -> int:
     from segbench.data.synthetic import generate
 
@@ -68,32 +132,24 @@ def cmd_generate(a) -> int:
     return 0
 
 
-def cmd_prepare(a) -> int:
-    from segbench.data.prepare import prepare
+# ---------------------------------------------------------------- download
+def add_download_arguments(p: argparse.ArgumentParser) -> None:
+    from segbench.data.download import SOURCES
 
-    options = {}
-    if a.dataset == "voc":
-        options = {"trainaug": not a.no_trainaug, "sbd_root": a.sbd_root}
-    elif a.no_trainaug or a.sbd_root:
-        raise SystemExit("segbench prepare: --no-trainaug and --sbd-root are for the voc dataset only")
-    if a.dataset == "synthetic" and a.allow_partial:
-        raise SystemExit("segbench prepare: --allow-partial is for the real datasets only")
-    if a.labels != "trainId" and a.dataset not in ("cityscapes", "synthetic"):
-        raise SystemExit(f"segbench prepare: --labels {a.labels} is for cityscapes and synthetic only; "
-                         f"{a.dataset} has one label set (trainId)")
-    info = prepare(a.dataset, a.root, a.out, dataset=a.name or a.dataset, labels=a.labels,
-                   allow_partial=a.allow_partial, progress=not a.quiet, **options)
-    print(f"prepared {a.dataset} from {a.root} into {a.out}: {info['splits']}")
-    return 0
+    p.add_argument("dataset", choices=SOURCES)
+    p.add_argument("--dir", required=True, help="folder for the archives")
+    p.add_argument("--archive", action="append", help="only this archive (repeatable; default: all of them)")
+    p.add_argument("--url", action="append", type=_name_value, metavar="ARCHIVE=URL",
+                   help="download ARCHIVE from URL instead of the official address (repeatable)")
+    p.add_argument("--credentials", help="cityscapes: JSON file {\"username\": ..., \"password\": ...}; default: "
+                   "$CITYSCAPES_USERNAME/$CITYSCAPES_PASSWORD, then csDownload's stored login")
+    p.add_argument("--site", help="cityscapes: base URL of the site (default: the official one)")
+    p.add_argument("--no-input", action="store_true", help="never prompt for a login (workflows pass this)")
+    p.add_argument("--retries", type=int, default=3, help="resume attempts after a cut connection (default 3)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _name_value(value: str) -> tuple[str, str]:
-    name, sep, val = value.partition("=")
-    if not sep or not name or not val:
-        raise argparse.ArgumentTypeError(f"{value!r} must look like ARCHIVE=VALUE")
-    return name, val
-
-
+@step("download", "download a dataset's archives (resumable; Cityscapes needs a login)", add_download_arguments)
 def cmd_download(a) -> int:
     from segbench.data.download import archives_of, download
 
@@ -102,18 +158,17 @@ def cmd_download(a) -> int:
     urls = dict(a.url or [])
     bad = [n for n in [*names, *urls] if n not in known]
     if bad:
-        raise SystemExit(f"segbench download: unknown archive(s) {', '.join(bad)} for {a.dataset}; "
-                         f"known: {', '.join(known)}")
+        raise UserError(f"unknown archive(s) {', '.join(bad)} for {a.dataset}; known: {', '.join(known)}")
     if a.dataset == "cityscapes":
         from segbench.data.cityscapes import SITE, download as download_cityscapes
 
         if urls:
-            raise SystemExit("segbench download: Cityscapes archives come from the site (--site), not --url")
+            raise UserError("Cityscapes archives come from the site (--site), not --url")
         download_cityscapes(names, a.dir, credentials_file=a.credentials, interactive=not a.no_input,
                             site=a.site or SITE, retries=a.retries, progress=not a.quiet)
         return 0
     if a.credentials or a.site:
-        raise SystemExit("segbench download: --credentials and --site are for cityscapes only")
+        raise UserError("--credentials and --site are for cityscapes only")
     if a.dataset == "bdd100k":
         from segbench.data.bdd100k import LICENCE_NOTE
 
@@ -123,6 +178,18 @@ def cmd_download(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- verify
+def add_verify_arguments(p: argparse.ArgumentParser) -> None:
+    from segbench.data.download import SOURCES
+
+    p.add_argument("archive")
+    p.add_argument("--source", choices=SOURCES, help="look the published MD5 up by archive name")
+    p.add_argument("--md5", help="the expected MD5 (overrides the published one)")
+    p.add_argument("--out", help="write 'MD5  NAME' here once verified")
+    p.add_argument("--quiet", action="store_true")
+
+
+@step("verify", "check an archive's MD5; a mismatch deletes it and shows both checksums", add_verify_arguments)
 def cmd_verify(a) -> int:
     from segbench.data.download import expected_md5, verify
     from segbench.io import write_text
@@ -135,6 +202,14 @@ def cmd_verify(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- extract
+def add_extract_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("archives", nargs="+")
+    p.add_argument("--to", required=True, help="target folder")
+    p.add_argument("--quiet", action="store_true")
+
+
+@step("extract", "unpack archives safely (no absolute paths, '..' or outward links)", add_extract_arguments)
 def cmd_extract(a) -> int:
     from segbench.data.download import extract
 
@@ -143,6 +218,21 @@ def cmd_extract(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- fetch-weights
+def add_fetch_weights_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME",
+                   help="torchvision:resnet50, torchvision:resnet101, van:b0, van:b1 or van:b2")
+    p.add_argument("--dir", required=True, help="the weights folder (the config's weights.dir; what "
+                   "$SEGBENCH_WEIGHTS points training at)")
+    p.add_argument("--url", help="download from URL instead of the publisher's address (a mirror)")
+    p.add_argument("--sha256", help="the expected SHA-256 (64 hex digits, or a prefix of 8+) instead of the "
+                   "published one")
+    p.add_argument("--retries", type=int, default=3, help="resume attempts after a cut connection (default 3)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@step("fetch-weights", "download a registered ImageNet backbone checkpoint once (resumable, SHA-256 checked) "
+      "into the weights folder", add_fetch_weights_arguments)
 def cmd_fetch_weights(a) -> int:
     from segbench.weights import fetch_weights
 
@@ -150,6 +240,53 @@ def cmd_fetch_weights(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- prepare
+def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
+    from segbench.data.download import SOURCES
+
+    p.add_argument("dataset", choices=["synthetic", *SOURCES])
+    p.add_argument("--root", required=True, help="the dataset's root folder")
+    p.add_argument("--out", required=True, help="output folder (manifest.csv, labels/, meta.json)")
+    p.add_argument("--labels", choices=["trainId", "category"], default="trainId",
+                   help="cityscapes/synthetic: 19 trainIds or 7 categories")
+    p.add_argument("--name", help="the dataset's name in meta.json (default: DATASET)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="warn instead of failing when a split has fewer files than published")
+    p.add_argument("--no-trainaug", action="store_true", help="voc: train on VOC train (1,464), not trainaug")
+    p.add_argument("--sbd-root", help="voc: SBD's folder (default: benchmark_RELEASE/ beside VOCdevkit/)")
+    p.add_argument("--quiet", action="store_true")
+
+
+@step("prepare", "convert a dataset tree into manifest.csv + train-id label PNGs", add_prepare_arguments)
+def cmd_prepare(a) -> int:
+    from segbench.data.prepare import prepare
+
+    options = {}
+    if a.dataset == "voc":
+        options = {"trainaug": not a.no_trainaug, "sbd_root": a.sbd_root}
+    elif a.no_trainaug or a.sbd_root:
+        raise UserError("--no-trainaug and --sbd-root are for the voc dataset only")
+    if a.dataset == "synthetic" and a.allow_partial:
+        raise UserError("--allow-partial is for the real datasets only")
+    if a.labels != "trainId" and a.dataset not in ("cityscapes", "synthetic"):
+        raise UserError(f"--labels {a.labels} is for cityscapes and synthetic only; "
+                        f"{a.dataset} has one label set (trainId)")
+    info = prepare(a.dataset, a.root, a.out, dataset=a.name or a.dataset, labels=a.labels,
+                   allow_partial=a.allow_partial, progress=not a.quiet, **options)
+    print(f"prepared {a.dataset} from {a.root} into {a.out}: {info['splits']}")
+    return 0
+
+
+# ---------------------------------------------------------------- train
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", type=_json_arg, required=True, help="resolved run spec as JSON or @file")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--quiet", action="store_true")
+
+
+@step("train", "train one run from its resolved spec", add_train_arguments)
 def cmd_train(a) -> int:
     from segbench.engine.train import train_run
 
@@ -157,6 +294,17 @@ def cmd_train(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- evaluate
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--quiet", action="store_true")
+
+
+@step("evaluate", "evaluate a trained run on the val split", add_evaluate_arguments)
 def cmd_evaluate(a) -> int:
     from segbench.engine.evaluate import evaluate_run
 
@@ -165,6 +313,20 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- profile
+def add_profile_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-spec", type=_json_arg, required=True, help='e.g. \'{"arch": "unet", "params": {}}\'')
+    p.add_argument("--classes", type=int, required=True)
+    p.add_argument("--size", type=_size_arg, required=True, help="HEIGHTxWIDTH")
+    p.add_argument("--out", required=True)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto",
+                   help="memory format (as train.channels_last): auto = channels_last on a GPU only")
+    p.add_argument("--threads", type=int)
+
+
+@step("profile", "parameters, MACs, size and fps of a model at an input size", add_profile_arguments)
 def cmd_profile(a) -> int:
     from segbench.io import write_json
     from segbench.profiling import profile_model
@@ -181,9 +343,17 @@ def cmd_profile(a) -> int:
     return 0
 
 
-def _tracking_uri(value: str | None, results: str = "results") -> str:
-    import os
+# ---------------------------------------------------------------- MLflow: track-init, track, track-study, sync
+def _add_tracking_arguments(p: argparse.ArgumentParser, out_required: bool = False) -> None:
+    """The options every step that writes to MLflow shares."""
+    p.add_argument("--tracking-uri", help="default: sqlite:///results/mlflow.db (the pipeline passes the config's)")
+    p.add_argument("--out", required=out_required, help="write the step's record (JSON) here")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                   help="skip: if the store fails, write a 'skipped' record and exit 0 (the pipeline's choice)")
+    p.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)  # see tracking.record_round
 
+
+def _tracking_uri(value: str | None, results: str = "results") -> str:
     from segbench.tracking import default_tracking_uri
 
     # A tracking server that is down should be noticed in seconds, not minutes: fewer and
@@ -193,7 +363,7 @@ def _tracking_uri(value: str | None, results: str = "results") -> str:
     return value or default_tracking_uri(results)
 
 
-def _tracked(a, step: str, log, **fields) -> int:
+def _tracked(a, step_name: str, log, **fields) -> int:
     """Run ``log()`` and write the step's record. With ``--on-error skip`` a store failure
     writes a "skipped" record (why, and how to sync later) and exits 0: MLflow is a view of
     the files, and its outage must not fail the pipeline."""
@@ -206,13 +376,21 @@ def _tracked(a, step: str, log, **fields) -> int:
             raise
         if a.out:
             write_record(a.out, status=RECORD_SKIPPED, round=a.round, reason=str(e), **fields)
-        print(f"segbench {step}: warning: MLflow skipped, the pipeline goes on: {e}", file=sys.stderr)
+        print(f"segbench {step_name}: warning: MLflow skipped, the pipeline goes on: {e}", file=sys.stderr)
         return 0
     if a.out:
         write_record(a.out, status=RECORD_LOGGED, round=a.round, **fields, **result)
     return 0
 
 
+def add_track_init_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", action="append", required=True)
+    p.add_argument("--artifact-root", help="artifacts of new experiments (default: mlartifacts/ beside the sqlite "
+                   "store beside a local store; the server's choice for http(s) URIs)")
+    _add_tracking_arguments(p, out_required=True)
+
+
+@step("track-init", "create the MLflow store and one experiment per study", add_track_init_arguments)
 def cmd_track_init(a) -> int:
     from segbench.tracking import init_store
 
@@ -227,6 +405,16 @@ def cmd_track_init(a) -> int:
     return _tracked(a, "track-init", log, tracking_uri=uri, studies=a.study)
 
 
+def add_track_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--study", action="append", required=True)
+    p.add_argument("--profile")
+    p.add_argument("--no-model", action="store_true",
+                   help="leave model.pt out of the run's artifacts (the config's mlflow.log_models: false)")
+    _add_tracking_arguments(p)
+
+
+@step("track", "log a run directory to MLflow (idempotent)", add_track_arguments)
 def cmd_track(a) -> int:
     from segbench.tracking import log_run
 
@@ -242,6 +430,13 @@ def cmd_track(a) -> int:
                     profile=a.profile)
 
 
+def add_track_study_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study")
+    p.add_argument("--dir", required=True)
+    _add_tracking_arguments(p)
+
+
+@step("track-study", "log a study's tables and figures to MLflow", add_track_study_arguments)
 def cmd_track_study(a) -> int:
     from segbench.tracking import log_study
 
@@ -255,6 +450,17 @@ def cmd_track_study(a) -> int:
     return _tracked(a, "track-study", log, tracking_uri=uri, study=a.study, dir=a.dir)
 
 
+def add_sync_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="the workflow's config: studies, profiles, mlflow.tracking_uri "
+                   "(default: config.yaml if present)")
+    p.add_argument("--results", help="the results folder (default: the config's `results:`, else results)")
+    p.add_argument("--tracking-uri", help="default: the config's mlflow.tracking_uri, else "
+                   "sqlite:///RESULTS/mlflow.db")
+    p.add_argument("--artifact-root", help="artifacts of new experiments (default as for track-init)")
+
+
+@step("sync", "log every run directory and study under results/ into MLflow (idempotent; completes MLflow "
+      "after an outage)", add_sync_arguments)
 def cmd_sync(a) -> int:
     from segbench.tracking import sync
 
@@ -266,9 +472,7 @@ def cmd_sync(a) -> int:
 
         cfg = load_config(config)
         if not cfg["mlflow"]["enabled"] and not a.tracking_uri:
-            print(f"segbench sync: error: {config} turns MLflow off (mlflow.enabled: false); "
-                  "give --tracking-uri to sync anyway", file=sys.stderr)
-            return 2
+            raise UserError(f"{config} turns MLflow off (mlflow.enabled: false); give --tracking-uri to sync anyway")
         cfg_uri = cfg["mlflow"]["tracking_uri"]
         log_model = cfg["mlflow"]["log_models"]
         plan = Plan(cfg)
@@ -287,8 +491,21 @@ def cmd_sync(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- report
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study")
+    p.add_argument("--runs", type=_json_arg, required=True, help="the study's runs as JSON or @file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--study-spec", type=_json_arg, default=None,
+                   help="the study's paper and ablations as JSON or @file (Plan.study_spec); "
+                        "default: summary tables and figures only")
+    p.add_argument("--augment-data", default=None,
+                   help="a prepared dataset whose first val image the augmentation figure shows")
+
+
+@step("report", "tables and figures of one study", add_report_arguments)
 def cmd_report(a) -> int:
-    from segbench.report.study import build_report
+    from segbench.report.build import build_report
 
     spec = a.study_spec or {"name": a.study, "paper": None, "cross": False, "ablations": {}}
     paths = build_report(spec, a.runs, a.out, augment_data=a.augment_data)
@@ -296,15 +513,31 @@ def cmd_report(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- serve
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", nargs="?", help="a run directory (run.json + model.pt)")
+    p.add_argument("--study", help="serve this study's best run by val mIoU instead")
+    p.add_argument("--results", help="the results folder --study looks in (default: the `results:` folder of "
+                   "--config, else results)")
+    p.add_argument("--config", help="the workflow's config whose `results:` folder --study looks in "
+                   "(default: config.yaml if present)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
+    p.add_argument("--max-pixels", type=int, default=4096 * 2048,
+                   help="largest image in pixels, checked before decoding (default 8388608 = 4096x2048)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
+@step("serve", "a web app (page + JSON/PNG endpoints) that segments uploaded images with a run",
+      add_serve_arguments)
 def cmd_serve(a) -> int:
-    from segbench.serve.study import best_run_of_study  # no torch: bad choices fail at once
+    from segbench.serve.best_run import best_run_of_study  # no torch: bad choices fail at once
 
     if (a.run_dir is None) == (a.study is None):
-        print("segbench serve: error: give a RUN_DIR or --study NAME (one of them)", file=sys.stderr)
-        return 2
+        raise UserError("give a RUN_DIR or --study NAME (one of them)")
     if a.max_upload_mb <= 0 or a.max_pixels <= 0:
-        print("segbench serve: error: --max-upload-mb and --max-pixels must be positive", file=sys.stderr)
-        return 2
+        raise UserError("--max-upload-mb and --max-pixels must be positive")
     run_dir = a.run_dir
     if a.study:
         results = a.results
@@ -322,8 +555,8 @@ def cmd_serve(a) -> int:
         print(f"study {a.study}: serving its best run by val mIoU, {run_dir}", flush=True)
     for name in ("run.json", "model.pt"):  # before torch is imported: a wrong path fails at once
         if not (Path(run_dir) / name).is_file():
-            raise FileNotFoundError(f"{Path(run_dir) / name} is missing: give a trained run's directory "
-                                    "(results/runs/DATASET/MODEL/LOSS/sSEED) or train it first")
+            raise UserError(f"{Path(run_dir) / name} is missing: give a trained run's directory "
+                            "(results/runs/DATASET/MODEL/LOSS/sSEED) or train it first")
     from segbench.serve.app import serve
     from segbench.serve.inference import Limits
 
@@ -332,15 +565,21 @@ def cmd_serve(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- models
+def add_models_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="only these models (default: all)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (as in the README)")
+    p.add_argument("--list", action="store_true", help="names and descriptions only, no counting (instant)")
+
+
+@step("models", "list the model architectures with their parameters and MACs", add_models_arguments)
 def cmd_models(a) -> int:
     from segbench.models import available
 
     names = list(available())
     unknown = [n for n in a.names if n not in names]
     if unknown:
-        print(f"segbench models: error: unknown model {', '.join(map(repr, unknown))}; known models: "
-              f"{', '.join(names)}", file=sys.stderr)
-        return 2
+        raise UserError(f"unknown model {', '.join(map(repr, unknown))}; known models: {', '.join(names)}")
     width = max(map(len, names))
     if not a.markdown:
         for name, desc in available().items():
@@ -360,216 +599,23 @@ def cmd_models(a) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- parser
+# ---------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
-    from segbench.data.download import SOURCES
-
     p = argparse.ArgumentParser(prog="segbench", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"segbench {__import__('segbench').__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="STEP")
-
-    def add(name, func, help_):
-        sp = sub.add_parser(name, help=help_, description=help_)
-        sp.set_defaults(func=func)
-        return sp
-
-    sp = add("check-config", cmd_check_config, "validate a config file and list the runs it plans")
-    sp.add_argument("config", nargs="?", default="config.yaml")
-    sp.add_argument("--cost", action="store_true",
-                    help="instead of the run list, estimate each run's compute (MACs counted on the meta device "
-                    "x images x epochs x 3, plus the final evaluation) and the total GPU-hours; imports torch")
-    sp.add_argument("--throughput-tflops", type=_positive_float, default=50.0, metavar="TFLOPS",
-                    help="with --cost: effective training throughput of one GPU in TFLOP/s (1 MAC = 2 FLOPs; "
-                    "default 50, i.e. 25 TMAC/s)")
-
-    sp = add("generate", cmd_generate, "generate the embedded synthetic dataset (Cityscapes layout)")
-    sp.add_argument("out")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--train", type=int, default=160)
-    sp.add_argument("--val", type=int, default=40)
-    sp.add_argument("--height", type=int, default=128)
-    sp.add_argument("--width", type=int, default=256)
-    sp.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    sp = add("download", cmd_download, "download a dataset's archives (resumable; Cityscapes needs a login)")
-    sp.add_argument("dataset", choices=SOURCES)
-    sp.add_argument("--dir", required=True, help="folder for the archives")
-    sp.add_argument("--archive", action="append", help="only this archive (repeatable; default: all of them)")
-    sp.add_argument("--url", action="append", type=_name_value, metavar="ARCHIVE=URL",
-                    help="download ARCHIVE from URL instead of the official address (repeatable)")
-    sp.add_argument("--credentials", help="cityscapes: JSON file {\"username\": ..., \"password\": ...}; default: "
-                    "$CITYSCAPES_USERNAME/$CITYSCAPES_PASSWORD, then csDownload's stored login")
-    sp.add_argument("--site", help="cityscapes: base URL of the site (default: the official one)")
-    sp.add_argument("--no-input", action="store_true", help="never prompt for a login (workflows pass this)")
-    sp.add_argument("--retries", type=int, default=3, help="resume attempts after a cut connection (default 3)")
-    sp.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    sp = add("verify", cmd_verify, "check an archive's MD5; a mismatch deletes it and shows both checksums")
-    sp.add_argument("archive")
-    sp.add_argument("--source", choices=SOURCES, help="look the published MD5 up by archive name")
-    sp.add_argument("--md5", help="the expected MD5 (overrides the published one)")
-    sp.add_argument("--out", help="write 'MD5  NAME' here once verified")
-    sp.add_argument("--quiet", action="store_true")
-
-    sp = add("extract", cmd_extract, "unpack archives safely (no absolute paths, '..' or outward links)")
-    sp.add_argument("archives", nargs="+")
-    sp.add_argument("--to", required=True, help="target folder")
-    sp.add_argument("--quiet", action="store_true")
-
-    sp = add("fetch-weights", cmd_fetch_weights, "download a registered ImageNet backbone checkpoint once "
-             "(resumable, SHA-256 checked) into the weights folder")
-    sp.add_argument("name", metavar="NAME",
-                    help="torchvision:resnet50, torchvision:resnet101, van:b0, van:b1 or van:b2")
-    sp.add_argument("--dir", required=True, help="the weights folder (the config's weights.dir; what $SEGBENCH_WEIGHTS "
-                    "points training at)")
-    sp.add_argument("--url", help="download from URL instead of the publisher's address (a mirror)")
-    sp.add_argument("--sha256", help="the expected SHA-256 (64 hex digits, or a prefix of 8+) instead of the "
-                    "published one")
-    sp.add_argument("--retries", type=int, default=3, help="resume attempts after a cut connection (default 3)")
-    sp.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    sp = add("prepare", cmd_prepare, "convert a dataset tree into manifest.csv + train-id label PNGs")
-    sp.add_argument("dataset", choices=["synthetic", *SOURCES])
-    sp.add_argument("--root", required=True, help="the dataset's root folder")
-    sp.add_argument("--out", required=True, help="output folder (manifest.csv, labels/, meta.json)")
-    sp.add_argument("--labels", choices=["trainId", "category"], default="trainId",
-                    help="cityscapes/synthetic: 19 trainIds or 7 categories")
-    sp.add_argument("--name", help="the dataset's name in meta.json (default: DATASET)")
-    sp.add_argument("--allow-partial", action="store_true",
-                    help="warn instead of failing when a split has fewer files than published")
-    sp.add_argument("--no-trainaug", action="store_true", help="voc: train on VOC train (1,464), not trainaug")
-    sp.add_argument("--sbd-root", help="voc: SBD's folder (default: benchmark_RELEASE/ beside VOCdevkit/)")
-    sp.add_argument("--quiet", action="store_true")
-
-    sp = add("train", cmd_train, "train one run from its resolved spec")
-    sp.add_argument("--spec", type=_json_arg, required=True, help="resolved run spec as JSON or @file")
-    sp.add_argument("--data", required=True, help="prepared dataset folder")
-    sp.add_argument("--out", required=True, help="run directory")
-    sp.add_argument("--threads", type=int)
-    sp.add_argument("--quiet", action="store_true")
-
-    sp = add("evaluate", cmd_evaluate, "evaluate a trained run on the val split")
-    sp.add_argument("run_dir")
-    sp.add_argument("--data", required=True)
-    sp.add_argument("--batch-size", type=int, default=4)
-    sp.add_argument("--samples", type=int, default=4)
-    sp.add_argument("--threads", type=int)
-    sp.add_argument("--quiet", action="store_true")
-
-    sp = add("profile", cmd_profile, "parameters, MACs, size and fps of a model at an input size")
-    sp.add_argument("--model-spec", type=_json_arg, required=True, help='e.g. \'{"arch": "unet", "params": {}}\'')
-    sp.add_argument("--classes", type=int, required=True)
-    sp.add_argument("--size", type=_size_arg, required=True, help="HEIGHTxWIDTH")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--warmup", type=int, default=3)
-    sp.add_argument("--iterations", type=int, default=10)
-    sp.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto",
-                    help="memory format (as train.channels_last): auto = channels_last on a GPU only")
-    sp.add_argument("--threads", type=int)
-
-    def tracking_args(sp, out_required=False):
-        sp.add_argument("--tracking-uri", help="default: sqlite:///results/mlflow.db (the pipeline passes the config's)")
-        sp.add_argument("--out", required=out_required, help="write the step's record (JSON) here")
-        sp.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                        help="skip: if the store fails, write a 'skipped' record and exit 0 (the pipeline's choice)")
-        sp.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)  # see tracking.record_round
-
-    sp = add("track-init", cmd_track_init, "create the MLflow store and one experiment per study")
-    sp.add_argument("--study", action="append", required=True)
-    sp.add_argument("--artifact-root", help="artifacts of new experiments (default: mlartifacts/ beside the sqlite store "
-                    "beside a local store; the server's choice for http(s) URIs)")
-    tracking_args(sp, out_required=True)
-
-    sp = add("track", cmd_track, "log a run directory to MLflow (idempotent)")
-    sp.add_argument("run_dir")
-    sp.add_argument("--study", action="append", required=True)
-    sp.add_argument("--profile")
-    sp.add_argument("--no-model", action="store_true",
-                    help="leave model.pt out of the run's artifacts (the config's mlflow.log_models: false)")
-    tracking_args(sp)
-
-    sp = add("track-study", cmd_track_study, "log a study's tables and figures to MLflow")
-    sp.add_argument("study")
-    sp.add_argument("--dir", required=True)
-    tracking_args(sp)
-
-    sp = add("sync", cmd_sync, "log every run directory and study under results/ into MLflow "
-             "(idempotent; completes MLflow after an outage)")
-    sp.add_argument("--config", help="the workflow's config: studies, profiles, mlflow.tracking_uri "
-                    "(default: config.yaml if present)")
-    sp.add_argument("--results", help="the results folder (default: the config's `results:`, else results)")
-    sp.add_argument("--tracking-uri", help="default: the config's mlflow.tracking_uri, else sqlite:///RESULTS/mlflow.db")
-    sp.add_argument("--artifact-root", help="artifacts of new experiments (default as for track-init)")
-
-    sp = add("report", cmd_report, "tables and figures of one study")
-    sp.add_argument("study")
-    sp.add_argument("--runs", type=_json_arg, required=True, help="the study's runs as JSON or @file")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--study-spec", type=_json_arg, default=None,
-                    help="the study's paper and ablations as JSON or @file (Plan.study_spec); "
-                         "default: summary tables and figures only")
-    sp.add_argument("--augment-data", default=None,
-                    help="a prepared dataset whose first val image the augmentation figure shows")
-
-    sp = add("serve", cmd_serve, "a web app (page + JSON/PNG endpoints) that segments uploaded images with a run")
-    sp.add_argument("run_dir", nargs="?", help="a run directory (run.json + model.pt)")
-    sp.add_argument("--study", help="serve this study's best run by val mIoU instead")
-    sp.add_argument("--results", help="the results folder --study looks in (default: the `results:` folder of "
-                    "--config, else results)")
-    sp.add_argument("--config", help="the workflow's config whose `results:` folder --study looks in "
-                    "(default: config.yaml if present)")
-    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    sp.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
-    sp.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
-    sp.add_argument("--max-pixels", type=int, default=4096 * 2048,
-                    help="largest image in pixels, checked before decoding (default 8388608 = 4096x2048)")
-    sp.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-
-    sp = add("models", cmd_models, "list the model architectures with their parameters and MACs")
-    sp.add_argument("names", nargs="*", help="only these models (default: all)")
-    sp.add_argument("--markdown", action="store_true", help="print the table as Markdown (as in the README)")
-    sp.add_argument("--list", action="store_true", help="names and descriptions only, no counting (instant)")
+    for s in STEPS.values():
+        sp = sub.add_parser(s.name, help=s.help, description=s.help)
+        s.add_arguments(sp)
+        sp.set_defaults(func=s.run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``segbench STEP ...``: run the step, in a child of the pipeline's fork server when the
-    Snakefile started one for this job (see segbench.forkserver), else in this process."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _DELEGATED and os.environ.get("SEGBENCH_FORKSERVER"):
-        from segbench import forkserver
-
-        code = forkserver.delegate(["segbench", *argv])
-        if code is not None:
-            return code
-    return run(argv)
-
-
-# the steps that import torch, mlflow or matplotlib: a fork server runs them. Data steps
-# stay in their own process (a download may prompt for a login).
-_DELEGATED = frozenset({"train", "evaluate", "profile", "track-init", "track", "track-study", "sync", "report"})
-
-
-def run(argv: list[str]) -> int:
-    """Parse ``argv`` and run the step in this process."""
-    args = build_parser().parse_args(argv)
-    from segbench.config import ConfigError
-    from segbench.data import DataError
-    from segbench.weights import WeightsError
-
-    known: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError, WeightsError)
-    try:
-        from segbench.tracking import TrackingError
-
-        known += (TrackingError,)
-    except ImportError:
-        pass
+    """``segbench STEP ...``: parse the arguments and run the step."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
-    except Exception as e:
-        # a NaN/inf loss (engine.train, imported only by the steps that train: no torch here)
-        train = sys.modules.get("segbench.engine.train")
-        if not (isinstance(e, known) or (train is not None and isinstance(e, train.NonFiniteLoss))):
-            raise
+    except (UserError, FileNotFoundError) as e:  # a missing file: its message names the path
         print(f"segbench {args.command}: error: {e}", file=sys.stderr)
         return 2

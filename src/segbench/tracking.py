@@ -60,6 +60,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from segbench.errors import UserError
+
 __all__ = [
     "TrackingError",
     "RECORD_LOGGED",
@@ -96,7 +98,7 @@ HISTORY_INDEX_COLUMNS = ("epoch", "time")
 RUN_FILES = ("metrics.json", "history.csv", "run.json", "confusion.npy")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store could not be reached or written. The run's files are untouched."""
 
 

@@ -40,6 +40,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from segbench.catalog import ARCHITECTURES
+from segbench.errors import UserError
+
 __all__ = ["WeightsError", "Weights", "REGISTRY", "DEFAULT_DIR", "ENV", "weights_dir", "is_registered",
            "looks_like_path", "check_source", "registered_mismatch", "config_mismatch", "resolve", "sha256sum",
            "hash_matches", "fetch_weights"]
@@ -48,7 +51,7 @@ ENV = "SEGBENCH_WEIGHTS"
 DEFAULT_DIR = "~/.cache/segbench/weights"
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A pretrained checkpoint that cannot be found, fetched or used; the message names the
     file or name and says what to do."""
 
@@ -94,11 +97,10 @@ REGISTRY: dict[str, Weights] = {w.name: w for w in (
             319560855, _HF_NOTE.format(repo="VAN-Base-original", commit="110abc6")),
 )}
 
-#: the family of backbone each architecture with a ``pretrained`` option has, and the
-#: defaults of the options a registered name pins (the constructors' defaults;
-#: tests/test_pretrained.py checks them against the models)
-ARCH_FAMILY = {"deeplabv3": "torchvision_resnet", "deeplabv3_pac": "torchvision_resnet",
-               "van_fpn_frm": "van", "van_fpn_ppm": "van", "van_fpn_dappm": "van"}
+#: the family of backbone each architecture with a ``pretrained`` option has (declared in
+#: segbench.catalog), and the defaults of the options a registered name pins (the
+#: constructors' defaults; tests/test_pretrained.py checks them against the models)
+ARCH_FAMILY = {name: a.pretrained for name, a in ARCHITECTURES.items() if a.pretrained}
 ARCH_DEFAULTS = {"deeplabv3": {"depth": 101, "width": 64}, "deeplabv3_pac": {"depth": 101, "width": 64},
                  "van_fpn_frm": {"variant": "b1", "width": None}, "van_fpn_ppm": {"variant": "b1", "width": None},
                  "van_fpn_dappm": {"variant": "b1", "width": None}}

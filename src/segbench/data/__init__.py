@@ -6,8 +6,12 @@ Submodules (imported on demand, none of them needs torch):
   id -> trainId / id -> category lookup tables.
 * :mod:`segbench.data.synthetic` - a procedural street-scene generator that writes the
   Cityscapes on-disk layout, so the whole pipeline can run without the real data.
-* :mod:`segbench.data.prepare` - turns a Cityscapes tree (real or synthetic) into
-  ``manifest.csv``, ``labels/{split}/*.png`` and ``meta.json`` (see ``docs/outputs.md``).
+* :mod:`segbench.data.prepare` - turns a dataset tree into ``manifest.csv``,
+  ``labels/{split}/*.png`` and ``meta.json`` (see ``docs/outputs.md``): dispatches to the
+  source's module and holds the checks and writers they share.
+* :mod:`segbench.data.cityscapes`, :mod:`~segbench.data.ade20k`, :mod:`~segbench.data.voc`,
+  :mod:`~segbench.data.bdd100k` - one module per dataset source: its archives, layout and
+  preparation (the Cityscapes one also reads the synthetic scenes).
 
 Every problem with input data is reported as :class:`DataError`, whose message names the
 offending file or value and says what to do about it.
@@ -17,10 +21,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from segbench.errors import UserError
+
 __all__ = ["DataError"]
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Input data that the pipeline cannot use.
 
     The message names the file or value at fault and says what to do. Use

@@ -25,13 +25,32 @@ declared outputs of a failed job, never this), resumes after a cut connection, t
 mismatch into a :class:`~segbench.data.DataError` showing both checksums (the file is
 deleted), and leaves ``{archive}.md5`` beside the archive for ``segbench verify``.
 
-Preparation is :func:`segbench.data.prepare.prepare_cityscapes` (trainIds or the 7 scored
-categories) with the published split sizes checked.
+:func:`prepare_cityscapes` reads the Cityscapes on-disk layout (``cityscapesscripts``), of
+the real data and of the synthetic scenes (:mod:`segbench.data.synthetic`) alike::
+
+    {root}/leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png   RGB image
+    {root}/gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png     8-bit label ids 0..33
+
+and writes, as ``docs/outputs.md`` specifies, under ``out``:
+
+* ``labels/{split}/{city}_{seq}_{frame}_gtFine_labelTrainIds.png`` - the 19 train ids
+  (``label_set="trainId"``), or ``..._gtFine_labelCategoryIds.png`` - the 7 scored
+  categories (``label_set="category"``); 255 = ignore. The conversion follows the label
+  table in :mod:`segbench.data.cityscapes_labels`.
+* ``meta.json`` - dataset, num_classes, class_names, palette, ignore_index, splits, source.
+* ``manifest.csv`` - ``split,image,label,city``; paths relative to ``out``.
+
+The inputs are checked as :mod:`segbench.data.prepare` describes (its shared helpers do the
+image checks); besides, label values that are not Cityscapes label ids (0..33) and a file
+name found in two cities of one split are errors. :func:`prepare` is the entry point for a
+real copy: it finds the tree under ``root`` and checks the published split sizes.
 """
 
 from __future__ import annotations
 
+import csv
 import getpass
+import io
 import json
 import os
 import shutil
@@ -41,9 +60,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
+from segbench import catalog
 from segbench.data import DataError
+from segbench.data.cityscapes_labels import (
+    CATEGORY_CLASSES,
+    CATEGORY_PALETTE,
+    IGNORE_INDEX,
+    TRAIN_CLASSES,
+    TRAIN_PALETTE,
+    VALID_IDS,
+    id_to_category_lut,
+    id_to_train_id_lut,
+)
 from segbench.data.download import Archive, md5sum
-from segbench.io import write_text
+from segbench.data.prepare import (
+    MODE_NAMES,
+    NOT_PNG,
+    PARTIAL_HINT,
+    ImageNotes,
+    check_split_sizes,
+    found_instead,
+    image_size,
+    other_extensions,
+)
+from segbench.io import atomic_path, write_json, write_text
 
 __all__ = [
     "ARCHIVES",
@@ -57,6 +100,10 @@ __all__ = [
     "download",
     "find_root",
     "prepare",
+    "prepare_cityscapes",
+    "IMAGE_SUFFIX",
+    "LABEL_SUFFIX",
+    "OUTPUT_SUFFIX",
 ]
 
 SITE = "https://www.cityscapes-dataset.com"
@@ -65,9 +112,15 @@ ARCHIVES: Mapping[str, Archive] = {
     "gtFine_trainvaltest.zip": Archive("gtFine_trainvaltest.zip", None, None, "241 MB"),
     "leftImg8bit_trainvaltest.zip": Archive("leftImg8bit_trainvaltest.zip", None, None, "11 GB"),
 }
-#: published number of fine-annotated images per split
-SPLIT_SIZES: Mapping[str, int] = {"train": 2975, "val": 500, "test": 1525}
-NUM_CLASSES = {"trainId": 19, "category": 7}
+#: published number of fine-annotated images per split, classes per label set (segbench.catalog)
+SPLIT_SIZES: Mapping[str, int] = catalog.DATASET_SOURCES["cityscapes"].splits
+NUM_CLASSES: Mapping[str, int] = catalog.DATASET_SOURCES["cityscapes"].classes
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+#: suffix of the converted label files, per label set
+OUTPUT_SUFFIX = {"trainId": "_gtFine_labelTrainIds.png", "category": "_gtFine_labelCategoryIds.png"}
+MANIFEST_COLUMNS = ("split", "image", "label", "city")
+_MAX_ID = max(VALID_IDS)
 ENV_USERNAME = "CITYSCAPES_USERNAME"
 ENV_PASSWORD = "CITYSCAPES_PASSWORD"
 
@@ -319,6 +372,7 @@ def _download_packages(todo: Sequence[str], dest: Path, staging: Path, session, 
         print(f"downloaded {final}")
 
 
+# ---------------------------------------------------------------------------- preparation
 def find_root(root: str | os.PathLike[str]) -> Path:
     """The folder holding ``leftImg8bit/`` and ``gtFine/`` (``root`` itself or ``root/cityscapes``)."""
     root_p = Path(root)
@@ -332,7 +386,192 @@ def prepare(root: str | os.PathLike[str], out: str | os.PathLike[str], *, datase
             labels: str = "trainId", allow_partial: bool = False, progress: bool = True,
             splits: Sequence[str] = ("train", "val")) -> dict[str, Any]:
     """Prepare a real Cityscapes copy (trainIds or categories), split sizes checked."""
-    from segbench.data.prepare import prepare_cityscapes
-
     return prepare_cityscapes(find_root(root), out, label_set=labels, splits=splits, dataset=dataset,
                               progress=progress, expected=SPLIT_SIZES, allow_partial=allow_partial)
+
+
+def _find(folder: Path, suffix: str) -> dict[str, Path]:
+    """stem -> file for every ``{city}/{stem}{suffix}`` in ``folder``."""
+    found: dict[str, Path] = {}
+    for p in sorted(folder.glob(f"*/*{suffix}")):
+        found.setdefault(f"{p.parent.name}/{p.name[: -len(suffix)]}", p)
+    return found
+
+
+def _scan_split(root: Path, split: str, problems: list[str]) -> list[tuple[str, str, Path, Path]]:
+    """Pair images and labels of one split: [(city, stem, image, label)], problems appended."""
+    img_dir = root / "leftImg8bit" / split
+    lab_dir = root / "gtFine" / split
+    ok = True
+    for folder, suffix in ((img_dir, IMAGE_SUFFIX), (lab_dir, LABEL_SUFFIX)):
+        if not folder.is_dir():
+            problems.append(f"split '{split}': folder {folder} is missing")
+            ok = False
+    if not ok:
+        return []
+    images = _find(img_dir, IMAGE_SUFFIX)
+    labels = _find(lab_dir, LABEL_SUFFIX)
+    if not images:
+        problems.append(f"split '{split}': no {{city}}/*{IMAGE_SUFFIX} files in {img_dir}"
+                        f"{found_instead(img_dir, '*/*' + IMAGE_SUFFIX)}")
+    if not labels:
+        problems.append(f"split '{split}': no {{city}}/*{LABEL_SUFFIX} files in {lab_dir}"
+                        f"{found_instead(lab_dir, '*/*' + LABEL_SUFFIX)}")
+    if not images or not labels:
+        return []
+    pairs = []
+    for key, img in images.items():
+        city, stem = key.split("/", 1)
+        lab = labels.get(key)
+        if lab is None:
+            want = lab_dir / city / (stem + LABEL_SUFFIX)
+            problems.append(f"{img}: image without a label file (expected {want}){other_extensions(want)}")
+        else:
+            pairs.append((city, stem, img, lab))
+    for key, lab in labels.items():
+        if key not in images:
+            city, stem = key.split("/", 1)
+            want = img_dir / city / (stem + IMAGE_SUFFIX)
+            problems.append(f"{lab}: label without an image (expected {want}){other_extensions(want)}")
+    seen: dict[str, str] = {}
+    for city, stem, img, _ in pairs:
+        if stem in seen:
+            problems.append(f"{img}: file name {stem} also exists in city '{seen[stem]}' of split '{split}'; "
+                            "output labels of a split share one folder, so names must be unique")
+        seen[stem] = city
+    return pairs
+
+
+def _check_pair(img: Path, lab: Path, problems: list[str], notes: ImageNotes) -> np.ndarray | None:
+    """The label ids of a valid pair, or None (problems appended)."""
+    img_size = image_size(img, problems, notes)
+    if img_size is None:
+        return None
+    try:
+        with Image.open(lab) as lb:
+            lab_size, mode = lb.size, lb.mode
+            if lb.format != "PNG":
+                problems.append(f"{lab}: " + NOT_PNG.format(fmt=lb.format, named=" (named .png)"))
+                return None
+            if mode not in ("L", "P"):
+                what = MODE_NAMES.get(mode, f"mode {mode}")
+                problems.append(f"{lab}: label PNG is {what} (mode {mode}); expected single-channel 8-bit "
+                                "(mode L) holding Cityscapes label ids - use the *_gtFine_labelIds.png files, "
+                                "not *_color.png or *_instanceIds.png")
+                return None
+            arr = np.asarray(lb)
+    except Exception as e:  # noqa: BLE001
+        problems.append(f"{lab}: cannot read label ({e.__class__.__name__}: {e})")
+        return None
+    if lab_size != img_size:
+        problems.append(f"{lab}: label size {lab_size[0]}x{lab_size[1]} differs from image {img.name} "
+                        f"size {img_size[0]}x{img_size[1]} (width x height)")
+        return None
+    counts = np.bincount(arr.ravel(), minlength=256)
+    bad = np.nonzero(counts[_MAX_ID + 1:])[0] + _MAX_ID + 1
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+        word = "id" if bad.size == 1 else "ids"
+        problems.append(f"{lab}: contains label {word} {shown} (valid ids: 0..{_MAX_ID}); "
+                        "is this a labelIds file from gtFine?")
+        return None
+    return arr
+
+
+def prepare_cityscapes(
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    label_set: str = "trainId",
+    splits: Sequence[str] = ("train", "val"),
+    dataset: str = "cityscapes",
+    progress: bool = True,
+    expected: Mapping[str, int] | None = None,
+    allow_partial: bool = False,
+) -> dict[str, Any]:
+    """Convert the Cityscapes tree at ``root`` into ``out/{labels/, meta.json, manifest.csv}``.
+
+    ``label_set`` is ``"trainId"`` (19 classes) or ``"category"`` (7 categories); ``dataset``
+    is the name recorded in ``meta.json``. ``expected`` (split -> published number of
+    images, e.g. :data:`segbench.data.cityscapes.SPLIT_SIZES`) turns on the split-size
+    check, a warning only with ``allow_partial``. Returns the ``meta.json`` content. Raises
+    :class:`DataError` listing every problem found in the input (nothing is written to
+    the manifest then), and ``ValueError`` for a bad argument.
+    """
+    if label_set not in OUTPUT_SUFFIX:
+        raise ValueError(f"label_set must be one of {sorted(OUTPUT_SUFFIX)}, got {label_set!r}")
+    if isinstance(splits, str) or not splits:
+        raise ValueError(f"splits must be a non-empty sequence of split names, got {splits!r}")
+    root_p = Path(root).absolute()
+    out_p = Path(out).absolute()
+    if not root_p.is_dir():
+        raise DataError(f"Cityscapes root {root_p} does not exist or is not a folder; point it at the folder "
+                        "that holds leftImg8bit/ and gtFine/")
+    manifest_path = out_p / "manifest.csv"
+    meta_path = out_p / "meta.json"
+    manifest_path.unlink(missing_ok=True)  # a manifest must only ever describe a complete run
+    meta_path.unlink(missing_ok=True)
+
+    if label_set == "trainId":
+        lut, names, palette = id_to_train_id_lut(), TRAIN_CLASSES, TRAIN_PALETTE
+    else:
+        lut, names, palette = id_to_category_lut(), CATEGORY_CLASSES, CATEGORY_PALETTE
+    suffix = OUTPUT_SUFFIX[label_set]
+
+    problems: list[str] = []
+    notes = ImageNotes()
+    pairs_by_split = {split: _scan_split(root_p, split, problems) for split in splits}
+    count_problems = check_split_sizes({s: len(p) for s, p in pairs_by_split.items()}, expected or {},
+                                       where=str(root_p), allow_partial=allow_partial)
+    problems += count_problems
+    rows: list[tuple[str, str, str, str]] = []
+    written: dict[str, set[Path]] = {split: set() for split in splits}
+    for split, pairs in pairs_by_split.items():
+        it: Any = pairs
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(pairs, desc=f"prepare {split}", unit="img")
+        for city, stem, img, lab in it:
+            ids = _check_pair(img, lab, problems, notes)
+            if ids is None or problems:  # once anything is wrong, only keep checking
+                continue
+            dst = out_p / "labels" / split / f"{stem}{suffix}"
+            with atomic_path(dst) as tmp:
+                Image.fromarray(lut[ids]).save(tmp, format="PNG")
+            written[split].add(dst)
+            rows.append((split, Path(os.path.relpath(img, out_p)).as_posix(),
+                         Path(os.path.relpath(dst, out_p)).as_posix(), city))
+    notes.warn()
+    if problems:
+        raise DataError.from_problems(
+            f"Cityscapes tree {root_p} cannot be prepared",
+            problems,
+            "Each leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png needs gtFine/{split}/{city}/"
+            "{stem}_gtFine_labelIds.png of the same size holding label ids 0..33. Fix or remove the files "
+            "listed (re-extracting the archives helps for a real copy), then run again."
+            + (f" {PARTIAL_HINT}" if count_problems else ""),
+        )
+
+    # drop converted labels of this label set that an earlier run left and this one did not write
+    for split in splits:
+        for p in (out_p / "labels" / split).glob(f"*{suffix}"):
+            if p not in written[split]:
+                p.unlink()
+
+    meta: dict[str, Any] = {
+        "dataset": dataset,
+        "num_classes": len(names),
+        "class_names": list(names),
+        "palette": [list(c) for c in palette],
+        "ignore_index": IGNORE_INDEX,
+        "splits": {split: len(written[split]) for split in splits},
+        "source": str(root_p),
+    }
+    write_json(meta_path, meta)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerows(rows)
+    write_text(manifest_path, buf.getvalue())  # last: its presence means the run completed
+    return meta

@@ -35,6 +35,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -450,17 +451,85 @@ def _draw_vehicle(sc: _Scene, X: float, Z: float, cls: int, oncoming: bool) -> f
     return L
 
 
-def _compose(sc: _Scene) -> None:
-    rng = sc.rng
-    U = rng.uniform
-    H, W = sc.h, sc.w
+# ----------------------------------------------------------------------------------------
+# the scene, part by part (each part draws from sc.rng in turn: the order of the calls
+# below and within each part is what makes a seed give the same scene)
+# ----------------------------------------------------------------------------------------
 
-    sc.sunny = bool(rng.random() < 0.55)
-    sun_side = -1 if rng.random() < 0.5 else 1
+SIDES = (-1, 1)  # left (oncoming traffic), right
+
+
+@dataclass
+class _Street:
+    """The street's layout in metres, and the objects placed on it so far."""
+
+    lane_w: float
+    #: lanes left (-1) and right (1) of the centre lane
+    n_lanes: dict[int, int]
+    #: per side: lanes_edge, park, park_label, edge (kerb), sw (sidewalk width), terr, facade
+    sides: dict[int, dict[str, Any]]
+    #: depth of the building closing the street, or None (open to the horizon)
+    z_end: float | None
+    #: (near, far) depth of a cross street, or None
+    cross: tuple[float, float] | None
+    #: (depth, draw function, its arguments after the scene), drawn far to near
+    objects: list[tuple[float, Callable[..., Any], tuple[Any, ...]]] = field(default_factory=list)
+
+    @property
+    def z_far(self) -> float:
+        return self.z_end if self.z_end is not None else 400.0
+
+    @property
+    def z_obj(self) -> float:
+        """Objects stand nearer than this."""
+        return min(self.z_far, 110.0)
+
+    @property
+    def ranges(self) -> list[tuple[float, float]]:
+        """Depth ranges of the sidewalks: the whole street less the cross street."""
+        return [(0.25, self.cross[0]), (self.cross[1], self.z_far)] if self.cross else [(0.25, self.z_far)]
+
+    def in_cross(self, Z: float, margin: float = 0.5) -> bool:
+        return self.cross is not None and self.cross[0] - margin < Z < self.cross[1] + margin
+
+    def add(self, Z: float, fn: Callable[..., Any], *args: Any) -> None:
+        """Place an object at depth Z, drawn later as ``fn(sc, *args)``."""
+        self.objects.append((Z, fn, args))
+
+
+def _compose(sc: _Scene) -> None:
+    sun_side = _weather(sc)
+    _draw_sky(sc)
+    sc.poly([(0, sc.yh), (sc.w, sc.yh), (sc.w, sc.h), (0, sc.h)], TERRAIN, sc.new(TERRAIN))  # ground
+    st = _lay_out_street(sc)
+    _draw_sidewalks_and_road(sc, st)
+    _mark_lanes(sc, st)
+    _draw_cross_street(sc, st)
+    _draw_ground_patches(sc, st)
+    _draw_buildings(sc, st, sun_side)
+    _draw_walls_fences_hedges(sc, st)
+    _place_poles(sc, st)
+    for s in SIDES:
+        _place_sidewalk_objects(sc, st, s)
+    _place_vehicles(sc, st)
+    for _, draw, args in sorted(st.objects, key=lambda o: -o[0]):  # far to near
+        draw(sc, *args)
+    _draw_void(sc)
+
+
+def _weather(sc: _Scene) -> int:
+    """Sunny or not, and the sun's side (returned) and shadow direction."""
+    U = sc.rng.uniform
+    sc.sunny = bool(sc.rng.random() < 0.55)
+    sun_side = -1 if sc.rng.random() < 0.5 else 1
     sc.sun_dx = sun_side * U(0.4, 1.1)  # shadow offset per metre of height (towards -sun_side)
     sc.sun_dz = U(-0.3, 0.6)
+    return sun_side
 
-    # sky and a distant skyline along the horizon
+
+def _draw_sky(sc: _Scene) -> None:
+    """Sky and a distant skyline (blocks and tree tops) along the horizon."""
+    rng, U, H, W = sc.rng, sc.rng.uniform, sc.h, sc.w
     sc.poly([(0, 0), (W, 0), (W, H), (0, H)], SKY, sc.new(SKY))
     x = -2.0
     while x < W:
@@ -473,120 +542,168 @@ def _compose(sc: _Scene) -> None:
             sc.ellipse(x + bw / 2, sc.yh, bw / 2 + 1, bh, VEGETATION, sc.new(VEGETATION))
         x += bw
 
-    # ground: terrain everywhere, then sidewalks, terrain strips, road, parking, cross street
-    sc.poly([(0, sc.yh), (W, sc.yh), (W, H), (0, H)], TERRAIN, sc.new(TERRAIN))
+
+def _lay_out_street(sc: _Scene) -> _Street:
+    """Lanes, parking, kerbs, sidewalks, terrain strips and facades per side; the street's end
+    and a cross street. Draws nothing."""
+    rng, U = sc.rng, sc.rng.uniform
     lane_w = U(2.8, 3.6)
     n_lanes = {-1: int(rng.integers(0, 3)), 1: int(rng.integers(0, 2))}
-    cfg: dict[int, dict[str, Any]] = {}
-    for s in (-1, 1):
+    sides: dict[int, dict[str, Any]] = {}
+    for s in SIDES:
         lanes_edge = lane_w * (0.5 + n_lanes[s])
         park = bool(rng.random() < 0.45)
         edge = lanes_edge + (U(2.1, 2.5) if park else U(0.2, 0.8))
         sw = U(1.8, 4.5)
         terr = U(1.0, 4.0) if rng.random() < 0.35 else 0.0
-        cfg[s] = dict(lanes_edge=lanes_edge, park=park, park_label=park and rng.random() < 0.4,
-                      edge=edge, sw=sw, terr=terr, facade=edge + sw + terr)
+        sides[s] = dict(lanes_edge=lanes_edge, park=park, park_label=park and rng.random() < 0.4,
+                        edge=edge, sw=sw, terr=terr, facade=edge + sw + terr)
     z_end: float | None = U(45.0, 160.0) if rng.random() < 0.75 else None
     z_far = z_end if z_end is not None else 400.0
     cross: tuple[float, float] | None = None
     if rng.random() < 0.35 and z_far > 40:
         zc0 = U(14.0, min(45.0, z_far - 20.0))
         cross = (zc0, zc0 + U(8.0, 14.0))
-    ranges = [(0.25, cross[0]), (cross[1], z_far)] if cross else [(0.25, z_far)]
+    return _Street(lane_w, n_lanes, sides, z_end, cross)
 
-    for s in (-1, 1):
-        c = cfg[s]
+
+def _draw_sidewalks_and_road(sc: _Scene, st: _Street) -> None:
+    """Sidewalks and terrain strips per side, the road, labelled parking strips."""
+    for s in SIDES:
+        c = st.sides[s]
         sw_inst = sc.new(SIDEWALK)
-        for za, zb in ranges:
+        for za, zb in st.ranges:
             sc.poly(sc.ground(s * c["edge"], s * c["facade"], za, zb), SIDEWALK, sw_inst)
         if c["terr"] > 0:
             t_inst = sc.new(TERRAIN)
-            for za, zb in ranges:
+            for za, zb in st.ranges:
                 sc.poly(sc.ground(s * (c["edge"] + c["sw"]), s * c["facade"], za, zb), TERRAIN, t_inst)
-    sc.road_inst = road = sc.new(ROAD)
-    sc.poly(sc.ground(-cfg[-1]["edge"], cfg[1]["edge"], 0.25, z_far), ROAD, road)
-    for s in (-1, 1):
-        c = cfg[s]
+    sc.road_inst = sc.new(ROAD)
+    sc.poly(sc.ground(-st.sides[-1]["edge"], st.sides[1]["edge"], 0.25, st.z_far), ROAD, sc.road_inst)
+    for s in SIDES:
+        c = st.sides[s]
         if c["park_label"]:
             p_inst = sc.new(PARKING)
-            for za, zb in ranges:
+            for za, zb in st.ranges:
                 sc.poly(sc.ground(s * c["lanes_edge"], s * c["edge"], za, zb), PARKING, p_inst)
-    # lane markings (drawn per pixel at render time): lane boundaries and edge lines
-    for k in range(-n_lanes[-1], n_lanes[1]):
-        xm = (k + 0.5) * lane_w
-        sc.markings.append((xm, U(0.06, 0.09), bool(k != -1 or rng.random() < 0.6), U(0, 9)))
-    for s in (-1, 1):
-        if rng.random() < 0.5:
-            sc.markings.append((s * (cfg[s]["lanes_edge"] - 0.2), 0.07, False, 0.0))
-    if cross:
-        sc.poly(sc.ground(-300.0, 300.0, cross[0], cross[1]), ROAD, sc.new(ROAD))
-        if rng.random() < 0.7:  # zebra crossing
-            xs = -cfg[-1]["lanes_edge"] + 0.3
-            while xs < cfg[1]["lanes_edge"] - 0.6:
-                sc.poly(sc.ground(xs, xs + 0.5, cross[0] - 4.0, cross[0] - 1.0), ROAD, road, D_PAINT)
-                xs += 1.0
 
-    # void ground patches near the facades
-    for s in (-1, 1):
+
+def _mark_lanes(sc: _Scene, st: _Street) -> None:
+    """Lane boundaries and edge lines (painted per pixel at render time)."""
+    rng, U = sc.rng, sc.rng.uniform
+    for k in range(-st.n_lanes[-1], st.n_lanes[1]):
+        xm = (k + 0.5) * st.lane_w
+        sc.markings.append((xm, U(0.06, 0.09), bool(k != -1 or rng.random() < 0.6), U(0, 9)))
+    for s in SIDES:
+        if rng.random() < 0.5:
+            sc.markings.append((s * (st.sides[s]["lanes_edge"] - 0.2), 0.07, False, 0.0))
+
+
+def _draw_cross_street(sc: _Scene, st: _Street) -> None:
+    """The cross street's road and, often, a zebra crossing before it."""
+    if not st.cross:
+        return
+    near, far = st.cross
+    sc.poly(sc.ground(-300.0, 300.0, near, far), ROAD, sc.new(ROAD))
+    if sc.rng.random() < 0.7:
+        xs = -st.sides[-1]["lanes_edge"] + 0.3
+        while xs < st.sides[1]["lanes_edge"] - 0.6:
+            sc.poly(sc.ground(xs, xs + 0.5, near - 4.0, near - 1.0), ROAD, sc.road_inst, D_PAINT)
+            xs += 1.0
+
+
+def _draw_ground_patches(sc: _Scene, st: _Street) -> None:
+    """Void ground patches near the facades."""
+    rng, U = sc.rng, sc.rng.uniform
+    for s in SIDES:
         if rng.random() < 0.3:
-            c = cfg[s]
+            c = st.sides[s]
             z0 = U(5.0, 40.0)
             sc.poly(sc.ground(s * (c["facade"] - U(0.5, 2.0)), s * c["facade"], z0, z0 + U(3.0, 12.0)),
                     GROUND, sc.new(GROUND))
 
-    # building facades along both sides (far first), cross-street fronts, end of street
-    def facade_inst(s: int, light: float, kind: int, val: float, u0: float, vtop: float) -> int:
-        inst = sc.new(BUILDING, light=light)
-        glass = np.array(_sample_color(rng, BUILDING)) * 0.35 + np.array([25.0, 32.0, 45.0]) * U(0.8, 2.5)
-        sc.facades[inst] = (float(kind), val, u0, U(2.2, 3.6), U(0.35, 0.6), U(0, 1), U(2.8, 3.6),
-                            U(0.4, 0.6), vtop, U(3.0, 4.2) if rng.random() < 0.5 else 0.0, *glass.tolist())
-        return inst
 
+def _facade_inst(sc: _Scene, light: float, kind: int, val: float, u0: float, vtop: float) -> int:
+    """A building instance with its window pattern on the plane X = val (kind 1) or Z = val (2)."""
+    rng, U = sc.rng, sc.rng.uniform
+    inst = sc.new(BUILDING, light=light)
+    glass = np.array(_sample_color(rng, BUILDING)) * 0.35 + np.array([25.0, 32.0, 45.0]) * U(0.8, 2.5)
+    sc.facades[inst] = (float(kind), val, u0, U(2.2, 3.6), U(0.35, 0.6), U(0, 1), U(2.8, 3.6),
+                        U(0.4, 0.6), vtop, U(3.0, 4.2) if rng.random() < 0.5 else 0.0, *glass.tolist())
+    return inst
+
+
+def _draw_buildings(sc: _Scene, st: _Street, sun_side: int) -> None:
+    """Facades along both sides (far first), fronts across the cross street, the street's end."""
+    U = sc.rng.uniform
     light_of = {sun_side: U(0.6, 0.8) if sc.sunny else 1.0, -sun_side: U(1.0, 1.15) if sc.sunny else 1.0}
-    for s in (-1, 1):
-        c = cfg[s]
-        z_stop = z_end if z_end is not None else U(80.0, 220.0)
-        bl_ranges = [(0.5, cross[0]), (cross[1], z_stop)] if cross else [(0.5, z_stop)]
-        segs = []
-        for za, zb in bl_ranges:
-            z = za
-            while z < zb:
-                z1 = min(z + U(6.0, 22.0), zb)
-                segs.append((z, z1))
-                z = z1
-        for z0, z1 in reversed(segs):
-            if rng.random() < 0.12:
-                continue  # a gap: the skyline or terrain shows through
-            hgt = U(6.0, 28.0)
-            X = s * (c["facade"] + U(0.0, 1.2))
-            inst = facade_inst(s, light_of[s], 1, X, z0, hgt)
-            sc.poly(sc.side(X, z0, z1, 0.0, hgt), BUILDING, inst)
-            if sc.sunny and s == sun_side:
-                d = hgt
-                sc.cast([sc.p(X, z0), sc.p(X, z1), sc.p(X - sc.sun_dx * d, z1 + sc.sun_dz * d),
-                         sc.p(X - sc.sun_dx * d, z0 + sc.sun_dz * d)])
-        if cross:  # buildings lining the far side of the cross street
-            x = c["facade"]
-            while x < c["facade"] + 60:
-                bw = U(8.0, 20.0)
-                hgt = U(8.0, 25.0)
-                zf = cross[1] + 0.05
-                inst = facade_inst(s, 1.0, 2, zf, x, hgt)
-                sc.poly(sc.front(zf, s * x, s * (x + bw), 0.0, hgt), BUILDING, inst)
-                x += bw
-    if z_end is not None:
-        x = -80.0
-        while x < 80.0:
-            bw = U(6.0, 20.0)
-            hgt = U(8.0, 30.0)
-            inst = facade_inst(0, U(0.85, 1.05), 2, z_end, x, hgt)
-            sc.poly(sc.front(z_end, x, x + bw, 0.0, hgt), BUILDING, inst)
-            x += bw
+    for s in SIDES:
+        _draw_facades_along(sc, st, s, light_of[s], sun_side)
+        if st.cross:
+            _draw_cross_street_fronts(sc, st, s)
+    if st.z_end is not None:
+        _draw_street_end(sc, st.z_end)
 
-    # walls, fences and hedges along the back of the sidewalk
-    for s in (-1, 1):
+
+def _draw_facades_along(sc: _Scene, st: _Street, s: int, light: float, sun_side: int) -> None:
+    """Buildings of random length and height along side s, with gaps; on the sunny side
+    they cast shadows onto the street."""
+    rng, U = sc.rng, sc.rng.uniform
+    c, cross = st.sides[s], st.cross
+    z_stop = st.z_end if st.z_end is not None else U(80.0, 220.0)
+    bl_ranges = [(0.5, cross[0]), (cross[1], z_stop)] if cross else [(0.5, z_stop)]
+    segs = []
+    for za, zb in bl_ranges:
+        z = za
+        while z < zb:
+            z1 = min(z + U(6.0, 22.0), zb)
+            segs.append((z, z1))
+            z = z1
+    for z0, z1 in reversed(segs):
+        if rng.random() < 0.12:
+            continue  # a gap: the skyline or terrain shows through
+        hgt = U(6.0, 28.0)
+        X = s * (c["facade"] + U(0.0, 1.2))
+        inst = _facade_inst(sc, light, 1, X, z0, hgt)
+        sc.poly(sc.side(X, z0, z1, 0.0, hgt), BUILDING, inst)
+        if sc.sunny and s == sun_side:
+            d = hgt
+            sc.cast([sc.p(X, z0), sc.p(X, z1), sc.p(X - sc.sun_dx * d, z1 + sc.sun_dz * d),
+                     sc.p(X - sc.sun_dx * d, z0 + sc.sun_dz * d)])
+
+
+def _draw_cross_street_fronts(sc: _Scene, st: _Street, s: int) -> None:
+    """Buildings lining the far side of the cross street, on side s."""
+    assert st.cross is not None
+    U = sc.rng.uniform
+    x = st.sides[s]["facade"]
+    while x < st.sides[s]["facade"] + 60:
+        bw = U(8.0, 20.0)
+        hgt = U(8.0, 25.0)
+        zf = st.cross[1] + 0.05
+        inst = _facade_inst(sc, 1.0, 2, zf, x, hgt)
+        sc.poly(sc.front(zf, s * x, s * (x + bw), 0.0, hgt), BUILDING, inst)
+        x += bw
+
+
+def _draw_street_end(sc: _Scene, z_end: float) -> None:
+    """A row of buildings across the street at depth z_end."""
+    U = sc.rng.uniform
+    x = -80.0
+    while x < 80.0:
+        bw = U(6.0, 20.0)
+        hgt = U(8.0, 30.0)
+        inst = _facade_inst(sc, U(0.85, 1.05), 2, z_end, x, hgt)
+        sc.poly(sc.front(z_end, x, x + bw, 0.0, hgt), BUILDING, inst)
+        x += bw
+
+
+def _draw_walls_fences_hedges(sc: _Scene, st: _Street) -> None:
+    """Sometimes a wall, fence or hedge along the back of a sidewalk."""
+    rng, U = sc.rng, sc.rng.uniform
+    for s in SIDES:
         if rng.random() < 0.4:
-            c = cfg[s]
+            c = st.sides[s]
             cls = int(rng.choice([WALL, FENCE, VEGETATION]))
             X = s * (c["edge"] + c["sw"]) if c["terr"] > 0 else s * (c["facade"] - 0.3)
             z0 = U(3.0, 30.0)
@@ -599,21 +716,16 @@ def _compose(sc: _Scene) -> None:
                                     *dark.tolist())
             sc.poly(sc.side(X, z0, z1, 0.0, hgt), cls, inst)
 
-    # objects, drawn far to near
-    objects: list[tuple[float, Callable[[], Any]]] = []
 
-    def add(Z: float, fn: Callable[..., Any], *args: Any) -> None:
-        objects.append((Z, lambda: fn(sc, *args)))
-
-    def in_cross(Z: float, margin: float = 0.5) -> bool:
-        return cross is not None and cross[0] - margin < Z < cross[1] + margin
-
-    z_obj = min(z_far, 110.0)
+def _place_poles(sc: _Scene, st: _Street) -> None:
+    """Street lamps, sign posts, traffic-light posts and plain poles along both kerbs; at
+    least one sign at 6-30 m."""
+    rng, U = sc.rng, sc.rng.uniform
     poles: list[tuple[float, int, str]] = []
-    for s in (-1, 1):
+    for s in SIDES:
         z = U(5.0, 15.0)
-        while z < z_obj:
-            if not in_cross(z):
+        while z < st.z_obj:
+            if not st.in_cross(z):
                 kind = str(rng.choice(["lamp", "sign", "light", "plain"], p=[0.35, 0.35, 0.2, 0.1]))
                 poles.append((z, s, kind))
             z += U(9.0, 28.0)
@@ -624,79 +736,114 @@ def _compose(sc: _Scene) -> None:
             poles[near[0]] = (z, s, "sign")
         else:
             z = U(7.0, 20.0)
-            while in_cross(z):
+            while st.in_cross(z):
                 z = U(7.0, 20.0)
             poles.append((z, 1 if rng.random() < 0.5 else -1, "sign"))
     for z, s, kind in poles:
-        add(z, _draw_pole, s * (cfg[s]["edge"] + U(0.3, 0.7)), z, s, kind)
+        st.add(z, _draw_pole, s * (st.sides[s]["edge"] + U(0.3, 0.7)), z, s, kind)
 
-    for s in (-1, 1):
-        c = cfg[s]
-        if rng.random() < 0.55:
-            z = U(4.0, 14.0)
-            while z < min(z_obj, 80.0):
-                if not in_cross(z, 2.0):
-                    if c["terr"] > 0 and rng.random() < 0.6:
-                        X = s * (c["edge"] + c["sw"] + U(0.3, c["terr"]))
-                    else:
-                        X = s * (c["edge"] + U(0.8, max(0.9, c["sw"] - 0.4)))
-                    add(z, _draw_tree, X, z)
-                z += U(7.0, 18.0)
-        for _ in range(int(rng.integers(0, 6))):  # pedestrians on the sidewalk
-            z = U(3.5, 50.0)
-            if not in_cross(z):
-                add(z, _draw_person, s * (c["edge"] + U(0.4, max(0.5, c["sw"] - 0.3))), z)
-        for _ in range(int(rng.integers(0, 3))):  # bins, boxes, benches (void 'static')
-            z = U(4.0, 40.0)
-            if not in_cross(z):
-                X = s * (c["edge"] + c["sw"] - U(0.3, 0.8))
-                w, h = U(0.4, 1.2), U(0.5, 1.3)
-                add(z, lambda sc_, X=X, z=z, w=w, h=h: sc_.poly(sc_.front(z, X - w / 2, X + w / 2, 0, h),
-                                                                 STATIC, sc_.new(STATIC)))
-        if rng.random() < 0.12:  # a pram or cart (void 'dynamic')
-            z = U(5.0, 30.0)
-            X = s * (c["edge"] + U(0.5, c["sw"]))
-            add(z, lambda sc_, X=X, z=z: sc_.poly(sc_.front(z, X - 0.35, X + 0.35, 0.1, 1.0), DYNAMIC,
-                                                    sc_.new(DYNAMIC)))
-        if rng.random() < 0.2:  # parked bicycles along the facade
-            z = U(5.0, 25.0)
-            for k in range(int(rng.integers(1, 4))):
-                add(z + 0.8 * k, _draw_parked_bicycle, s * (c["facade"] - 0.4), z + 0.8 * k)
-        if cross and rng.random() < 0.4:  # pedestrians on the zebra crossing
-            for _ in range(int(rng.integers(1, 4))):
-                add(cross[0] - U(1.2, 3.8), _draw_person, U(-c["lanes_edge"], c["lanes_edge"]),
-                    cross[0] - U(1.2, 3.8))
 
-    # vehicles: lanes (oncoming on the left), parked along the kerbs, sometimes cyclists
-    z_min = max(4.0, sc.f * sc.cam_h / max(H - sc.yh, 1.0) * 1.1)
-    for k in range(-n_lanes[-1], n_lanes[1] + 1):
-        X = k * lane_w + rng.normal(0, 0.2)
+def _place_sidewalk_objects(sc: _Scene, st: _Street, s: int) -> None:
+    """Side s: trees, pedestrians, street furniture, a pram, parked bicycles, people crossing."""
+    _place_trees(sc, st, s)
+    _place_pedestrians(sc, st, s)
+    _place_street_furniture(sc, st, s)
+    _place_bicycles_and_crossing(sc, st, s)
+
+
+def _place_trees(sc: _Scene, st: _Street, s: int) -> None:
+    """Often a row of trees on the sidewalk or terrain strip of side s."""
+    rng, U = sc.rng, sc.rng.uniform
+    c = st.sides[s]
+    if rng.random() < 0.55:
+        z = U(4.0, 14.0)
+        while z < min(st.z_obj, 80.0):
+            if not st.in_cross(z, 2.0):
+                if c["terr"] > 0 and rng.random() < 0.6:
+                    X = s * (c["edge"] + c["sw"] + U(0.3, c["terr"]))
+                else:
+                    X = s * (c["edge"] + U(0.8, max(0.9, c["sw"] - 0.4)))
+                st.add(z, _draw_tree, X, z)
+            z += U(7.0, 18.0)
+
+
+def _place_pedestrians(sc: _Scene, st: _Street, s: int) -> None:
+    """Up to five pedestrians on the sidewalk of side s."""
+    rng, U = sc.rng, sc.rng.uniform
+    c = st.sides[s]
+    for _ in range(int(rng.integers(0, 6))):
+        z = U(3.5, 50.0)
+        if not st.in_cross(z):
+            st.add(z, _draw_person, s * (c["edge"] + U(0.4, max(0.5, c["sw"] - 0.3))), z)
+
+
+def _draw_box(sc: _Scene, Z: float, X0: float, X1: float, h0: float, h1: float, cls: int) -> None:
+    """A void object: a box facing the camera at depth Z from X0 to X1, h0 to h1 m high."""
+    sc.poly(sc.front(Z, X0, X1, h0, h1), cls, sc.new(cls))
+
+
+def _place_street_furniture(sc: _Scene, st: _Street, s: int) -> None:
+    """Bins, boxes and benches (void 'static') and sometimes a pram or cart (void 'dynamic')."""
+    rng, U = sc.rng, sc.rng.uniform
+    c = st.sides[s]
+    for _ in range(int(rng.integers(0, 3))):
+        z = U(4.0, 40.0)
+        if not st.in_cross(z):
+            X = s * (c["edge"] + c["sw"] - U(0.3, 0.8))
+            w, h = U(0.4, 1.2), U(0.5, 1.3)
+            st.add(z, _draw_box, z, X - w / 2, X + w / 2, 0, h, STATIC)
+    if rng.random() < 0.12:
+        z = U(5.0, 30.0)
+        X = s * (c["edge"] + U(0.5, c["sw"]))
+        st.add(z, _draw_box, z, X - 0.35, X + 0.35, 0.1, 1.0, DYNAMIC)
+
+
+def _place_bicycles_and_crossing(sc: _Scene, st: _Street, s: int) -> None:
+    """Sometimes bicycles parked along the facade of side s, and people on the zebra crossing."""
+    rng, U = sc.rng, sc.rng.uniform
+    c = st.sides[s]
+    if rng.random() < 0.2:
+        z = U(5.0, 25.0)
+        for k in range(int(rng.integers(1, 4))):
+            st.add(z + 0.8 * k, _draw_parked_bicycle, s * (c["facade"] - 0.4), z + 0.8 * k)
+    if st.cross and rng.random() < 0.4:
+        for _ in range(int(rng.integers(1, 4))):
+            st.add(st.cross[0] - U(1.2, 3.8), _draw_person, U(-c["lanes_edge"], c["lanes_edge"]),
+                   st.cross[0] - U(1.2, 3.8))
+
+
+def _place_vehicles(sc: _Scene, st: _Street) -> None:
+    """Traffic in every lane (oncoming on the left), cars parked along the kerbs, cyclists."""
+    rng, U = sc.rng, sc.rng.uniform
+    z_min = max(4.0, sc.f * sc.cam_h / max(sc.h - sc.yh, 1.0) * 1.1)  # the bottom row's depth, and a bit
+    for k in range(-st.n_lanes[-1], st.n_lanes[1] + 1):
+        X = k * st.lane_w + rng.normal(0, 0.2)
         oncoming = k < 0
         z = (U(z_min + 4.0, 25.0) if k == 0 else U(z_min, 30.0))
-        while z < min(z_obj, 90.0):
-            if rng.random() < 0.65 and not in_cross(z, 5.0):
+        while z < min(st.z_obj, 90.0):
+            if rng.random() < 0.65 and not st.in_cross(z, 5.0):
                 cls = int(rng.choice([CAR, TRUCK, BUS], p=[0.84, 0.09, 0.07]))
-                add(z, _draw_vehicle, X, z, cls, oncoming)
+                st.add(z, _draw_vehicle, X, z, cls, oncoming)
                 z += 14.0 if cls != CAR else 6.0
             z += U(4.0, 25.0)
-    for s in (-1, 1):
-        c = cfg[s]
+    for s in SIDES:
+        c = st.sides[s]
         if c["park"] and rng.random() < 0.8:
             X = s * (c["lanes_edge"] + 1.1)
             z = U(z_min * 0.8, 12.0)
-            while z < min(z_obj, 80.0):
-                if rng.random() < 0.75 and not in_cross(z, 3.0):
-                    add(z, _draw_vehicle, X, z, CAR, False)
+            while z < min(st.z_obj, 80.0):
+                if rng.random() < 0.75 and not st.in_cross(z, 3.0):
+                    st.add(z, _draw_vehicle, X, z, CAR, False)
                 z += U(5.0, 7.5)
         if rng.random() < 0.15:
             z = U(8.0, 40.0)
-            add(z, _draw_cyclist, s * (c["lanes_edge"] - 0.6), z)
+            st.add(z, _draw_cyclist, s * (c["lanes_edge"] - 0.6), z)
 
-    objects.sort(key=lambda o: -o[0])
-    for _, draw in objects:
-        draw()
 
-    # void: ego vehicle bonnet, rectification border, out-of-roi corners
+def _draw_void(sc: _Scene) -> None:
+    """Void in front of everything: the ego vehicle's bonnet, a rectification border, dark
+    out-of-roi corners."""
+    rng, U, H, W = sc.rng, sc.rng.uniform, sc.h, sc.w
     if rng.random() < 0.85:
         rx = U(0.6, 0.9) * W
         ry = U(0.12, 0.25) * H

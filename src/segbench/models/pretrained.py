@@ -294,5 +294,5 @@ def load_pretrained(model: nn.Module, source: str, *, prefix: str = "backbone") 
 def without_pretrained(params: dict) -> dict:
     """A model's params without ``pretrained``: for the steps that build a model only for
     its shapes or to load a trained ``model.pt`` (evaluation, serving, profiling, the
-    schedule's cost count), which must not read, or need, the ImageNet checkpoint."""
+    cost count), which must not read, or need, the ImageNet checkpoint."""
     return {k: v for k, v in params.items() if k != "pretrained"}

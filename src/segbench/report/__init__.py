@@ -1,5 +1,9 @@
 """Per-study report: tables (``segbench.report.tables``) and figures (``.figures``).
 
+``segbench report`` runs :func:`segbench.report.build.build_report`, which writes a study's
+whole report (these, the paper's tables, the cross study's) and checks it against
+:func:`segbench.report.outputs.study_outputs`.
+
 Neither module imports torch or mlflow; matplotlib is imported only with ``.figures``
 (and used through a bare Agg canvas, never pyplot). The names below load lazily.
 """

@@ -40,7 +40,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from segbench.serve.inference import (ImageRejected, Limits, Segmenter, color_mask, decode_image, mask_png,
                                       overlay, png_bytes)
-from segbench.serve.study import best_run_of_study  # noqa: F401  (re-exported)
+from segbench.serve.best_run import best_run_of_study  # noqa: F401  (re-exported)
 
 MULTIPART_OVERHEAD = 64 * 1024  # room for the form's boundaries and headers above the file itself
 DRAIN_CAP = 256 * 1024 * 1024   # read (and discard) at most this much of a refused body so the client sees the 413

@@ -14,7 +14,7 @@ export MPLBACKEND := Agg
 help:
 	@echo "make run       install, then run the default pipeline (config.yaml) with snakemake --cores $(CORES)"
 	@echo "make test      install, then run the test suite (unit + end-to-end); CI runs make paper-smoke after it"
-	@echo "make paper-smoke  every job of workflow/configs/paper.yaml on CPU on miniature data (~3 min, ~9 GB in $(PAPER_SMOKE_DIR))"
+	@echo "make paper-smoke  every job of workflow/configs/paper.yaml on CPU on miniature data (~11 min, ~9 GB in $(PAPER_SMOKE_DIR))"
 	@echo "make dry-run   list the jobs of the default config"
 	@echo "make lint      snakemake --lint"
 	@echo "make mlflow-ui open the MLflow UI on $(RESULTS)/mlflow.db (http://127.0.0.1:5000); RESULTS=results/paper: paper.yaml's"

@@ -45,6 +45,12 @@ def _umask() -> int:
     return mask
 
 
+def default_file_mode() -> int:
+    """The mode a file the user creates gets: 0666 less the umask (e.g. 0644, or 0664 under a
+    shared project's umask 002). For files made by tools that choose their own (sqlite: 0644)."""
+    return 0o666 & ~_umask()
+
+
 def _fsync(path: Path, directory: bool = False) -> None:
     """Flush ``path`` (a file, or a directory entry table) to disk; best effort for directories
     (some file systems refuse to open or fsync one)."""
@@ -72,7 +78,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600
+        os.fchmod(fd, default_file_mode())  # mkstemp makes it 0600
     finally:
         os.close(fd)
     tmp_path = Path(tmp)

@@ -43,8 +43,8 @@ def make_run(folder: Path, width: int = 16, classes: int = 19) -> Path:
     palette = np.random.default_rng(0).integers(0, 256, (classes, 3)).tolist()
     model = build_model("unet", classes, width=width)
     torch.save(model.state_dict(), folder / "model.pt")
-    record = {"run_key": f"bench/unet-w{width}/untrained/s0", "dataset": "bench", "model": "unet", "loss": "none",
-              "seed": 0, "num_classes": classes, "class_names": names, "palette": palette,
+    record = {"run_key": f"bench/unet-w{width}/untrained/s0", "dataset": "bench", "model": f"unet-w{width}",
+              "loss": "untrained", "seed": 0, "epochs": 1, "num_classes": classes, "class_names": names, "palette": palette,
               "config": {"model": {"arch": "unet", "name": "unet", "params": {"width": width}}}}
     (folder / "run.json").write_text(json.dumps(record))
     return folder

@@ -401,7 +401,9 @@ def test_evaluation_loads_a_pretrained_run_without_the_checkpoint(tmp_path, monk
     run = tmp_path / "run"
     run.mkdir()
     torch.save(model.state_dict(), run / "model.pt")
-    write_json(run / "run.json", {"config": {"model": {"arch": "van_fpn_frm", "params": params}}, "num_classes": 5})
+    write_json(run / "run.json", {"run_key": "d/van/ce/s0", "dataset": "d", "model": "van", "loss": "ce", "seed": 0,
+                                  "config": {"model": {"arch": "van_fpn_frm", "params": params}}, "num_classes": 5,
+                                  "class_names": list("abcde"), "epochs": 1})
     ckpt.unlink()  # gone: evaluation reads model.pt only
     loaded, _ = load_trained(run, torch.device("cpu"))
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

@@ -66,18 +66,18 @@ def make_run(root: Path, dataset: str, model: str, loss: str, seed: int, m: dict
         "class_names": classes, "palette": PALETTE[:c], "device": "cpu", "epochs": epochs,
         "train_seconds": 12.5, "resumed_from_epoch": None,
     }))
-    rows = ["epoch,train_loss,train_mIoU,train_aAcc,val_loss,val_mIoU,val_aAcc,lr,epoch_seconds,time"]
+    rows = ["epoch,train_loss,train_mIoU,train_aAcc,val_loss,val_mIoU,val_aAcc,lr,skipped_batches,epoch_seconds,time"]
     rng = np.random.default_rng(seed + len(model))
     for e in range(1, epochs + 1):
         f = e / epochs
         rows.append(
             f"{e},{1.6 - 0.9 * f + 0.05 * rng.random():.4f},{0.2 + 0.35 * f:.4f},{0.5 + 0.35 * f:.4f},"
             f"{1.7 - 0.8 * f:.4f},{0.15 + m['mIoU'] * f * 0.7:.4f},{0.45 + 0.35 * f:.4f},"
-            f"{0.01 * (1 - f) + 1e-4:.6f},3.1,{1_700_000_000 + 3 * e}"
+            f"{0.01 * (1 - f) + 1e-4:.6f},0,3.1,{1_700_000_000 + 3 * e}"
         )
     (d / "history.csv").write_text("\n".join(rows) + "\n")
     (d / "metrics.json").write_text(json.dumps({
-        "mIoU": m["mIoU"], "aAcc": m["aAcc"], "mAcc": m["mAcc"], "mDice": m["mDice"],
+        "run_key": key, "mIoU": m["mIoU"], "aAcc": m["aAcc"], "mAcc": m["mAcc"], "mDice": m["mDice"],
         "IoU": m["IoU"], "class_names": classes, "num_images": 10, "input_size": [H, W],
     }))  # json.dumps writes NaN for the absent class, as the evaluate step does
     yy, xx = np.mgrid[0:H, 0:W]

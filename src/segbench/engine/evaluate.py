@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from segbench import runfiles
 from segbench.data import DataError
 from segbench.data.dataset import SegmentationDataset, pad_collate
 from segbench.engine.common import progress_kwargs, setup_torch, trained_channels_last
@@ -27,20 +28,19 @@ from segbench.models.pretrained import without_pretrained
 
 
 def load_trained(run_dir: str | Path, device: torch.device | str = "cpu"):
-    """Rebuild a run's model from its run.json and model.pt (weights only)."""
+    """Rebuild a run's model from its run.json (checked: :func:`segbench.runfiles.read_run`) and
+    model.pt (weights only); returns the model and the run.json record."""
     run_dir = Path(run_dir)
-    for name in ("run.json", "model.pt"):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{run_dir / name} is missing: train the run first (snakemake or `segbench train`)")
+    record = runfiles.read_run(run_dir)  # checked: RunFileError naming run.json and the remedy
+    if not (run_dir / "model.pt").exists():
+        raise runfiles.missing(run_dir / "model.pt")
     retrain = (f"delete {run_dir} and train the run again (snakemake reruns it; "
                "`segbench train` by hand)")
-    try:
-        record = read_json(run_dir / "run.json")
-        spec = record["config"]["model"]
-        num_classes = record["num_classes"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{run_dir / 'run.json'} is not a complete run record ({e.__class__.__name__}: {e}); "
-                        f"{retrain}") from None
+    spec = record["config"].get("model")
+    if not isinstance(spec, dict) or "arch" not in spec or not isinstance(spec.get("params"), dict):
+        raise runfiles.damaged(run_dir / "run.json", f"has no model (config.model: {spec!r}) with an arch "
+                               "and params")
+    num_classes = record["num_classes"]
     # the trained weights replace everything: no ImageNet checkpoint is read (or needed) here
     model = build_model(spec["arch"], num_classes, **without_pretrained(spec["params"]))
     try:

@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
+from segbench import runfiles
 from segbench.io import atomic_path
 from segbench.report.outputs import expected_outputs  # noqa: F401 (re-exported)
 from segbench.report.tables import (
@@ -31,7 +32,6 @@ from segbench.report.tables import (
     read_history,
     read_metrics,
     read_run_json,
-    run_file,
     run_label,
     write_tables,
 )
@@ -350,19 +350,9 @@ def _lut(palette: Sequence[Sequence[int]] | None, n_classes: int) -> np.ndarray:
 
 
 def load_samples(run: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """samples.npz of a run: images [K,H,W,3], labels [K,H,W], preds [K,H,W], names [K]."""
-    path = run_file(run, "samples.npz")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            out = {k: z[k] for k in ("images", "labels", "preds", "names")}
-    except KeyError as e:
-        raise ValueError(f"run {run['run_key']}: {path} lacks array {e}") from None
-    out["names"] = np.asarray([str(n) for n in out["names"]])
-    k = len(out["names"])
-    for key in ("images", "labels", "preds"):
-        if len(out[key]) != k:
-            raise ValueError(f"run {run['run_key']}: {path}: {key} has {len(out[key])} samples, names {k}")
-    return out
+    """samples.npz of a run, checked (:func:`segbench.runfiles.read_samples`): images
+    [K,H,W,3], labels [K,H,W], preds [K,H,W], names [K]."""
+    return runfiles.read_samples(run["run_dir"])
 
 
 def _short(name: str, width: int = 18) -> str:
@@ -494,7 +484,7 @@ def build_study_report(study: str, runs: Iterable[RunLike], out_dir: str | os.Pa
     runs = _runs(runs)
     df = collect_runs(runs)  # checks run.json, history.csv, metrics.json and profiles
     for r in runs:
-        run_file(r, "samples.npz")
+        load_samples(r)  # and samples.npz, before anything is written
     datasets = list(dict.fromkeys(r["dataset"] for r in runs))
     figs = out_dir / "figures"
     written = write_tables(df, out_dir / "tables", title=f"Study `{study}`")

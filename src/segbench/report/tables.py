@@ -11,7 +11,6 @@ MACs in G), with a mean ± std table when a (dataset, model, loss) has several s
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from segbench import runfiles
 from segbench.io import write_text
 
 #: the metrics of metrics.json shown in the tables (fractions in [0, 1])
@@ -29,43 +29,22 @@ KEYS = ("dataset", "model", "loss", "seed")
 #: columns of summary.csv, in order
 SUMMARY_COLUMNS = (*KEYS, *METRICS, *COSTS, "run_key")
 
-#: which step writes each file, for the error raised when one is missing
-PRODUCERS = {
-    "run.json": "the train step — run `snakemake` / `segbench train`",
-    "history.csv": "the train step — run `snakemake` / `segbench train`",
-    "metrics.json": "the evaluate step — run `snakemake` / `segbench evaluate`",
-    "samples.npz": "the evaluate step — run `snakemake` / `segbench evaluate`",
-    "profile": "the profile step — run `snakemake` / `segbench profile`",
-}
-
 RunLike = Mapping[str, Any] | str | os.PathLike
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def _missing(run_key: str, path: Path, what: str) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"run {run_key}: {path} not found; it is written by {PRODUCERS[what]} for this run"
-    )
+# Every run file is read through segbench.runfiles, which checks it (parseable, complete,
+# consistent with run.json) and raises RunFileError naming the file and the remedy; a
+# missing file raises RunFileMissing, also a FileNotFoundError.
 
 
 def run_file(run: Mapping[str, Any], name: str) -> Path:
-    """Path of ``name`` in the run's directory; FileNotFoundError naming the run and step."""
+    """Path of ``name`` in the run's directory; FileNotFoundError (:class:`RunFileMissing`)
+    naming the file and the step that writes it when it is not there."""
     path = Path(run["run_dir"]) / name
     if not path.is_file():
-        raise _missing(run.get("run_key", str(run["run_dir"])), path, name)
+        runfiles.read_bytes(path)  # raises: missing, or a directory in its place
     return path
-
-
-def _read_json(run_key: str, path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise _missing(run_key, path, what)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"run {run_key}: {path} is not valid JSON ({e})") from None
 
 
 def as_run(run: RunLike) -> dict:
@@ -83,47 +62,47 @@ def as_run(run: RunLike) -> dict:
             else:
                 out["run_key"] = str(out["run_dir"])
         if not all(k in out for k in KEYS):
-            info = _read_json(out["run_key"], Path(out["run_dir"]) / "run.json", "run.json")
+            info = runfiles.read_run(out["run_dir"])
             for k in KEYS:
                 out.setdefault(k, info[k])
         return out
     run_dir = Path(run)
-    info = _read_json(str(run_dir), run_dir / "run.json", "run.json")
+    info = runfiles.read_run(run_dir)
     out = {k: info[k] for k in KEYS}
-    out["run_key"] = info.get("run_key") or "{dataset}/{model}/{loss}/s{seed}".format(**out)
+    out["run_key"] = info["run_key"]
     out["run_dir"] = str(run_dir)
     return out
 
 
 def read_run_json(run: Mapping[str, Any]) -> dict:
-    return _read_json(run["run_key"], Path(run["run_dir"]) / "run.json", "run.json")
+    """The run's run.json, checked (:func:`segbench.runfiles.read_run`)."""
+    return runfiles.read_run(run["run_dir"])
 
 
-def read_metrics(run: Mapping[str, Any]) -> dict:
-    """metrics.json with ``None`` IoUs (if any) turned into NaN."""
-    m = _read_json(run["run_key"], Path(run["run_dir"]) / "metrics.json", "metrics.json")
+def read_metrics(run: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> dict:
+    """metrics.json, checked against run.json (``info``, read when None), with ``None``
+    scores and IoUs (if any) turned into NaN."""
+    m = dict(runfiles.read_metrics(run["run_dir"], info))
     for k in METRICS:
-        if k not in m:
-            raise ValueError(f"run {run['run_key']}: metrics.json has no {k!r}")
-    m["IoU"] = [float("nan") if v is None else float(v) for v in m.get("IoU", [])]
+        m[k] = _float(m[k])
+    m["IoU"] = [float("nan") if v is None else float(v) for v in m["IoU"]]
     return m
 
 
-def read_history(run: Mapping[str, Any]) -> pd.DataFrame:
-    path = Path(run["run_dir"]) / "history.csv"
-    if not path.is_file():
-        raise _missing(run["run_key"], path, "history.csv")
-    h = pd.read_csv(path)
-    if "epoch" not in h.columns:
-        raise ValueError(f"run {run['run_key']}: {path} has no 'epoch' column")
-    # a resumed run could repeat an epoch: keep the last record of each
-    return h.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+def read_history(run: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """history.csv, checked against run.json (``info``, read when None): one row per epoch,
+    the columns of docs/outputs.md; val columns NaN on epochs without validation."""
+    rows = runfiles.read_history(run["run_dir"], info)
+    h = pd.DataFrame(rows, columns=list(runfiles.HISTORY_COLUMNS))
+    for col in runfiles.VAL_COLUMNS:
+        h[col] = h[col].astype(float)
+    return h
 
 
 def read_profile(run: Mapping[str, Any]) -> dict:
     if not run.get("profile"):
         raise ValueError(f"run {run['run_key']}: no profile path given")
-    return _read_json(run["run_key"], Path(run["profile"]), "profile")
+    return runfiles.read_profile(run["profile"])
 
 
 def run_label(row: Mapping[str, Any], with_dataset: bool = False) -> str:
@@ -152,8 +131,9 @@ def collect_runs(runs: Iterable[RunLike]) -> pd.DataFrame:
     train_device (of run.json); and, as objects, groups (the run's ``groups``: "main"
     and/or the study's ablation names; ["main"] when not given), model_spec, loss_spec,
     dataset_spec (as given, else the ones resolved in run.json's config, else None) and
-    train (the training protocol of run.json: epochs, crop, batch_size, ...). A missing
-    file raises FileNotFoundError naming the file, the run key and the step that writes it.
+    train (the training protocol of run.json: epochs, crop, batch_size, ...). Every file is
+    checked (:mod:`segbench.runfiles`): a missing one raises FileNotFoundError, a damaged or
+    inconsistent one RunFileError, each naming the file and the step that writes it.
     """
     rows = []
     for spec in runs:
@@ -166,8 +146,8 @@ def collect_runs(runs: Iterable[RunLike]) -> pd.DataFrame:
                     f"run {key}: run.json in {run['run_dir']} says {k}={info[k]!r}, "
                     f"expected {run[k]!r} (stale run directory?)"
                 )
-        hist = read_history(run)
-        metrics = read_metrics(run)
+        hist = read_history(run, info)
+        metrics = read_metrics(run, info)
         prof = read_profile(run)
         row = {k: run[k] for k in KEYS}
         row["seed"] = int(row["seed"]) if str(row["seed"]).isdigit() else row["seed"]
@@ -392,7 +372,6 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike, title: str | None
 __all__ = [
     "COSTS",
     "METRICS",
-    "PRODUCERS",
     "SUMMARY_COLUMNS",
     "aggregate_seeds",
     "as_run",

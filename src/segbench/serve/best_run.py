@@ -6,14 +6,17 @@ import csv
 import math
 from pathlib import Path
 
-from segbench.io import read_json
+from segbench import runfiles
 
 
 def best_run_of_study(study: str, results: str | Path = "results") -> tuple[Path, list[dict]]:
     """The run directory of ``study`` with the highest val mIoU, and every candidate seen.
 
     The study's runs are the ``run_key`` column of ``results/studies/{study}/tables/summary.csv``;
-    each run's val mIoU is read from ``results/runs/{run_key}/metrics.json``.
+    each run's val mIoU is read from ``results/runs/{run_key}/metrics.json``. A run without
+    model.pt or metrics.json is a candidate without a score; one whose run.json or
+    metrics.json is damaged, or belongs to another run, stops the lookup with a
+    :class:`~segbench.runfiles.RunFileError` naming the file (:mod:`segbench.runfiles`).
     """
     results = Path(results)
     table = results / "studies" / study / "tables" / "summary.csv"
@@ -28,11 +31,14 @@ def best_run_of_study(study: str, results: str | Path = "results") -> tuple[Path
     candidates = []
     for key in dict.fromkeys(keys):
         run_dir = results / "runs" / key
-        metrics = run_dir / "metrics.json"
         miou = None
-        if metrics.exists() and (run_dir / "model.pt").exists():
-            value = read_json(metrics).get("mIoU")
-            if isinstance(value, (int, float)) and math.isfinite(value):
+        if (run_dir / "metrics.json").exists() and (run_dir / "model.pt").exists():
+            info = runfiles.read_run(run_dir)
+            if info["run_key"] != key:
+                raise runfiles.damaged(run_dir / "run.json", f"says run_key {info['run_key']!r} but {table} "
+                                       f"lists it as the run {key!r} (a copied or moved run directory)")
+            value = runfiles.read_metrics(run_dir, info)["mIoU"]
+            if value is not None and math.isfinite(value):
                 miou = float(value)
         candidates.append({"run_key": key, "run_dir": str(run_dir), "mIoU": miou})
     scored = [c for c in candidates if c["mIoU"] is not None]

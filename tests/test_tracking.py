@@ -57,6 +57,7 @@ def history_row(epoch: int) -> dict:
         "val_mIoU": 0.05 * epoch + 0.01,
         "val_aAcc": 0.4 + 0.1 * epoch,
         "lr": 0.01 / epoch,
+        "skipped_batches": 0,
         "epoch_seconds": 10.0,
         "time": T0 + 10.0 * (epoch - 1),
     }
@@ -92,7 +93,7 @@ def make_run(base: Path, *, seed: int, config_hash: str = "abc123", epochs: int 
     }, indent=2))
     write_history(run_dir, epochs)
     (run_dir / "metrics.json").write_text(json.dumps({
-        "mIoU": 0.55, "aAcc": 0.8, "mAcc": 0.6, "mDice": 0.65, "IoU": [0.7, 0.4, float("nan")],
+        "run_key": key, "mIoU": 0.55, "aAcc": 0.8, "mAcc": 0.6, "mDice": 0.65, "IoU": [0.7, 0.4, float("nan")],
         "class_names": CLASS_NAMES, "num_images": 8, "input_size": [64, 128],
     }))
     np.save(run_dir / "confusion.npy", np.arange(9, dtype=np.int64).reshape(3, 3))
@@ -246,6 +247,8 @@ def test_relog_is_idempotent_and_appends_new_epochs(store, tmp_path):
 
     # Training resumed for one more epoch: exactly that point is added.
     write_history(run_dir, 4)
+    info = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**info, "epochs": 4}))
     third = tracking.log_run(run_dir, studies=["main"], tracking_uri=store["uri"])["main"]
     assert third == first
     hist = client.get_metric_history(first, "val_mIoU")

@@ -34,10 +34,14 @@ def make_run_dir(root: Path) -> Path:
     run.mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({
         "run_key": "synthetic/unet/ce/s0", "dataset": "synthetic", "model": "unet", "loss": "ce", "seed": 0,
-        "config": {"train": {"lr": 0.01}}, "config_hash": "abc", "class_names": ["road", "sky"]}))
-    (run / "history.csv").write_text("epoch,train_loss,val_mIoU,epoch_seconds,time\n1,0.9,0.1,1.0,1760000000\n")
-    (run / "metrics.json").write_text(json.dumps({"mIoU": 0.25, "aAcc": 0.5, "IoU": [0.3, 0.2],
-                                                  "class_names": ["road", "sky"]}))
+        "config": {"train": {"lr": 0.01}}, "config_hash": "abc", "num_classes": 2, "class_names": ["road", "sky"],
+        "epochs": 1}))
+    (run / "history.csv").write_text(
+        "epoch,train_loss,train_mIoU,train_aAcc,val_loss,val_mIoU,val_aAcc,lr,skipped_batches,epoch_seconds,time\n"
+        "1,0.9,0.1,0.5,0.8,0.1,0.5,0.01,0,1.0,1760000000\n")
+    (run / "metrics.json").write_text(json.dumps({
+        "run_key": "synthetic/unet/ce/s0", "mIoU": 0.25, "aAcc": 0.5, "mAcc": 0.5, "mDice": 0.3, "IoU": [0.3, 0.2],
+        "class_names": ["road", "sky"], "num_images": 2, "input_size": [64, 128]}))
     return run
 
 
@@ -123,8 +127,10 @@ def test_store_dying_in_the_middle_of_logging_a_run_is_completed_by_sync(tmp_pat
 
     run = make_run_dir(tmp_path)
     (run / "history.csv").write_text(
-        "epoch,train_loss,val_mIoU,lr,skipped_batches,epoch_seconds,time\n"
-        "1,0.9,0.1,0.01,0,1.0,1760000000\n2,0.8,0.15,0.005,0,1.0,1760000001\n3,0.7,0.2,0.001,0,1.0,1760000002\n")
+        "epoch,train_loss,train_mIoU,train_aAcc,val_loss,val_mIoU,val_aAcc,lr,skipped_batches,epoch_seconds,time\n"
+        "1,0.9,0.1,0.5,0.8,0.1,0.5,0.01,0,1.0,1760000000\n2,0.8,0.15,0.6,0.7,0.15,0.6,0.005,0,1.0,1760000001\n"
+        "3,0.7,0.2,0.7,0.6,0.2,0.7,0.001,0,1.0,1760000002\n")
+    (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "epochs": 3}))
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     uri = f"sqlite:///{tmp_path}/results/mlflow.db"
     tracking.init_store(uri, ["main"], tmp_path / "results" / "mlartifacts")
@@ -290,6 +296,24 @@ def test_pipeline_survives_an_outage_and_catches_up(tmp_path):
     assert pending_rules(wd) == set()
     runs = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
     assert len(runs) == 1  # re-logging never duplicates a run
+
+    # the store file is damaged (a kill, a full disk): the next track step moves it aside and
+    # logs into a fresh store, snakemake's summary says so, and `segbench sync` rebuilds the rest
+    db = wd / "store/mlflow.db"
+    db.write_bytes(b"garbage, not sqlite\n" * 100)
+    out = snakemake(wd, "--forcerun", "track_study")
+    (aside,) = list((wd / "store").glob("mlflow.db.damaged-*"))
+    assert aside.read_bytes() == b"garbage, not sqlite\n" * 100
+    assert f"moved it aside to {aside.name}" in out or f"moved it aside to {aside}" in out, out[-3000:]
+    assert "`segbench sync` to log every run directory" in out, out[-3000:]
+    assert statuses(wd) == ["logged"] * 3 and pending_rules(wd) == set()
+    proc = segbench("sync", cwd=wd)
+    assert proc.returncode == 0, proc.stderr
+    tracking._forget_engine(f"sqlite:///{db}")  # this process still holds connections to the old file
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("segbench-only")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
+    _assert_complete_history(client, run.info.run_id, wd / "results/runs/synthetic/unet/ce/s0/history.csv")
 
 
 @pytest.mark.slow

@@ -24,15 +24,38 @@ one is created. Logging the same directory any number of times gives the same st
 
 Concurrency
 -----------
-A *fresh* sqlite store written by several processes at once dies in a migration race. Call
-:func:`init_store` once before fanning out. As a second line of defence every process takes
-an exclusive ``flock`` on ``<db>.lock`` around its first connection to a local sqlite store
-and around experiment creation, so the migrations run exactly once even if it was forgotten.
+Every process takes an exclusive ``flock`` on ``<db>.lock`` beside a local sqlite store around
+its first connection (where the store is created, checked and repaired: see below), around
+experiment creation and around finding-or-creating a run and writing its metrics, params and
+tags. So the migrations run exactly once, and any number of writers (parallel track jobs, two
+``segbench sync`` at once) give one MLflow run per run key with each metric point once.
+:func:`init_store` before fanning out is still the cheap way.
+
+The local sqlite store
+----------------------
+On each connection, under the lock (:func:`_prepare_local_store`):
+
+* a missing store is *created aside* (``.mlflow.db.creating-<pid>``, where MLflow runs its
+  migrations) and moved into place (``os.replace``): a kill leaves no store or a whole one,
+  never a half-migrated one (the next process removes the leftover);
+* a *damaged or half-made* store (not a sqlite file, failing ``PRAGMA integrity_check``, a
+  leftover ``_alembic_tmp_*`` table of an interrupted migration, tables missing, a schema
+  revision other than the installed MLflow's head) is moved aside to
+  ``mlflow.db.damaged-<time>`` with a message naming both paths, and a fresh store is created.
+  The step logs its own run into it; ``segbench sync`` logs every run directory again (the
+  run directories are the truth, MLflow is a view);
+* a store *moved or copied* to another folder (``mv``, ``cp -a``) is repointed: the store
+  remembers the folder it was made in (tag ``segbench.store_dir`` of experiment 0), and the
+  artifact locations inside that folder, or beside it when the sibling folder came along
+  (``results/mlartifacts`` of a store in ``store/``), are rewritten to the new folder, with a
+  message. So a moved or copied working folder never writes outside itself.
 
 Failures
 --------
 Any failure to reach or write the store raises :class:`TrackingError`, whose message names
-the tracking URI and how to re-sync later. The run directory is only ever read.
+the tracking URI and how to re-sync later. A missing or damaged run file raises
+:class:`RunFileTrackingError` naming the file and how to recreate it. The run directory is
+only ever read.
 
 Records and sync
 ----------------
@@ -51,16 +74,22 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
+import itertools
 import json
 import math
 import os
 import re
-import tempfile
+import shutil
+import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
+from urllib.parse import unquote, urlparse
 
 from segbench.errors import UserError
+from segbench.io import default_file_mode
 
 __all__ = [
     "TrackingError",
@@ -74,6 +103,7 @@ __all__ = [
     "default_artifact_root",
     "experiment_name",
     "init_store",
+    "damaged_stores",
     "log_run",
     "log_study",
 ]
@@ -100,6 +130,12 @@ RUN_FILES = ("metrics.json", "history.csv", "run.json", "confusion.npy")
 
 class TrackingError(UserError, RuntimeError):
     """The tracking store could not be reached or written. The run's files are untouched."""
+
+
+class RunFileTrackingError(TrackingError):
+    """A run could not be logged because one of its files is missing or damaged (the cause is
+    the :class:`segbench.runfiles.RunFileError`, whose message names the file and the remedy).
+    A :class:`TrackingError`, so the pipeline's track step records "skipped" and goes on."""
 
 
 # --------------------------------------------------------------------------- naming / URIs
@@ -149,9 +185,15 @@ def _resync_hint(run_dir: str | os.PathLike | None, studies: Iterable[str] | Non
 
 
 def _error(action: str, tracking_uri: str, exc: BaseException, run_dir=None, studies=None):
+    hint = _resync_hint(run_dir, studies)
+    db = _sqlite_path(tracking_uri)
+    text = str(exc).lower()
+    if db is not None and ("malformed" in text or "not a database" in text):
+        hint = (f"The store file {db} is damaged: run `segbench sync`, which moves it aside "
+                f"({db.name}.damaged-TIME) and logs every run directory into a fresh store.")
     return TrackingError(
         f"MLflow {action} failed for tracking URI {tracking_uri!r}: "
-        f"{type(exc).__name__}: {exc}. {_resync_hint(run_dir, studies)}"
+        f"{type(exc).__name__}: {exc}. {hint}"
     )
 
 
@@ -177,14 +219,246 @@ def _store_lock(tracking_uri: str) -> Iterator[None]:
 
 
 def _connect(tracking_uri: str):
-    """An MlflowClient whose store is open (migrations run under the lock on first use)."""
+    """An MlflowClient whose store is open. A local sqlite store is first made sound under the
+    store lock (:func:`_prepare_local_store`: created atomically, moved aside if damaged,
+    repointed if moved), so the migrations run exactly once and never on a live store."""
     from mlflow import MlflowClient
 
-    # MlflowClient() opens the store, and opening a fresh sqlite store runs the migrations.
+    db = _sqlite_path(tracking_uri)
     with _store_lock(tracking_uri):
+        if db is not None:
+            _prepare_local_store(db, tracking_uri)
         client = MlflowClient(tracking_uri=tracking_uri)
         client.search_experiments(max_results=1)
     return client
+
+
+# --------------------------------------------------------------------------- local sqlite store
+#
+# All of this runs under the store lock (:func:`_store_lock`), so at most one process at a
+# time creates, checks, moves aside or repairs a given store.
+
+STORE_DIR_TAG = "segbench.store_dir"  # tag of experiment 0: the folder the store was made in
+
+
+def _note(message: str) -> None:
+    print(f"segbench: {message}", file=sys.stderr)
+
+
+def _prepare_local_store(db: Path, tracking_uri: str) -> None:
+    """Create a missing store; move a damaged one aside and create a fresh one; repoint the
+    artifact locations of a store that was moved or copied to another folder."""
+    for leftover in db.parent.glob(f".{glob.escape(db.name)}.creating-*"):  # a creator killed mid-way
+        leftover.unlink(missing_ok=True)
+    if not db.exists() or _is_empty_sqlite(db):
+        _create_store(db)
+        return
+    problem = _store_problem(db)
+    if problem is None:
+        _repair_moved_store(db)
+        return
+    aside = db.with_name(f"{db.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = db.with_name(f"{db.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{n}")
+    try:
+        os.replace(db, aside)
+        for suffix in ("-journal", "-wal", "-shm"):  # never leave a hot journal for the new file
+            side = db.with_name(db.name + suffix)
+            if side.exists():
+                os.replace(side, aside.with_name(aside.name + suffix))
+    except OSError as exc:
+        raise TrackingError(
+            f"The MLflow store {db} is damaged ({problem}) and could not be moved aside: {exc}. "
+            f"Move it aside yourself (mv {db} {aside}), then run `segbench sync`: MLflow is only a "
+            "view of the run directories, which are intact."
+        ) from exc
+    _forget_engine(tracking_uri)
+    _create_store(db)
+    _note(
+        f"the MLflow store {db} was damaged ({problem}); moved it aside to {aside} and created a "
+        f"fresh store. The run directories are the truth: `segbench sync` logs them all into it "
+        "again (a track step logs only its own run)."
+    )
+
+
+def damaged_stores(tracking_uri: str, since: float = 0.0) -> list[Path]:
+    """The damaged stores moved aside beside a local sqlite store (``<db>.damaged-<time>``)
+    at or after the unix time ``since``, oldest first (none for other stores)."""
+    db = _sqlite_path(tracking_uri)
+    if db is None:
+        return []
+    start = time.strftime("%Y%m%dT%H%M%S", time.localtime(since))
+    marker = f"{db.name}.damaged-"
+    return sorted(p for p in db.parent.glob(f"{glob.escape(marker)}*")
+                  if p.name[len(marker):len(marker) + 15] >= start
+                  and not p.name.endswith(("-journal", "-wal", "-shm")))
+
+
+def _is_empty_sqlite(db: Path) -> bool:
+    """A zero-byte file, or a sqlite file without a single table (a creation killed at once)."""
+    if db.stat().st_size == 0:
+        return True
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+            return con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    except sqlite3.DatabaseError:
+        return False  # not a database at all: _store_problem says so
+
+
+def _store_problem(db: Path) -> str | None:
+    """Why the sqlite store ``db`` is damaged or half-made, or None if it is sound."""
+    from mlflow.store.db.base_sql_model import Base
+    from mlflow.store.db.utils import _get_latest_schema_revision
+    from mlflow.store.tracking import sqlalchemy_store  # noqa: F401  (registers every table)
+
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+            check = con.execute("PRAGMA integrity_check").fetchall()
+            if check != [("ok",)]:
+                return f"sqlite integrity check: {check[0][0]}"
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+            if leftovers:
+                return f"an interrupted migration left table {leftovers[0]}"
+            if "alembic_version" not in tables:
+                return "it has no MLflow schema version (table alembic_version is missing)"
+            versions = [r[0] for r in con.execute("SELECT version_num FROM alembic_version")]
+    except sqlite3.OperationalError:
+        raise  # locked, busy, no permission: the store is unreachable, not damaged
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "disk image is malformed"
+        return f"not a sqlite database: {exc}"
+    missing = sorted(set(Base.metadata.tables) - tables)
+    if missing:
+        return f"tables missing: {', '.join(missing[:5])}"
+    head = _get_latest_schema_revision()
+    if versions != [head]:
+        import mlflow
+
+        found = ", ".join(versions) or "none"
+        return (f"its schema is at revision {found}, not {head} of the installed MLflow "
+                f"{mlflow.__version__}: a creation or migration was interrupted, or another "
+                "MLflow version made it")
+    return None
+
+
+def _create_store(db: Path) -> None:
+    """Make a fresh store beside ``db`` (``.<name>.creating-<pid>``), let MLflow create its
+    tables there and move it into place: a kill leaves either no store or a whole one."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    here = db.parent.resolve()
+    tmp = here / f".{db.name}.creating-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp_uri = f"sqlite:///{tmp}"
+    try:
+        SqlAlchemyStore(tmp_uri, (here / "mlartifacts").as_uri())
+    finally:
+        _forget_engine(tmp_uri)
+    with contextlib.closing(sqlite3.connect(tmp)) as con:
+        con.execute("INSERT INTO experiment_tags (key, value, experiment_id) VALUES (?, ?, 0)",
+                    (STORE_DIR_TAG, str(here)))
+        con.commit()
+    with open(tmp, "rb+") as fh:
+        os.fchmod(fh.fileno(), default_file_mode())  # the umask's, like every result (sqlite makes 0644)
+        os.fsync(fh.fileno())
+    os.replace(tmp, db)
+    dir_fd = os.open(here, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _forget_engine(db_uri: str) -> None:
+    """Close MLflow's cached connections to ``db_uri`` (its file was replaced)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = SqlAlchemyStore._engine_map.get(db_uri)
+    if engine is not None:
+        engine.dispose()
+
+
+def _moved(location: str | None, old: str, new: str) -> str | None:
+    """Where ``location`` (a ``file://`` URI or an absolute path) is after the store's folder
+    moved from ``old`` to ``new``, or None if it stays where it is.
+
+    Inside ``old``: the same place inside ``new``. Beside it (``../results/mlartifacts/s`` of a
+    store in ``store/``): the same place beside ``new`` if that folder (``results``) is there,
+    i.e. the working folder moved as a whole. Elsewhere (another disk): where it is.
+    """
+    if location and location.startswith("file://"):
+        path = unquote(urlparse(location).path)
+    elif location and location.startswith("/"):
+        path = location
+    else:
+        return None  # a server's or a cloud location: not ours to move
+    rel = os.path.relpath(path, old)
+    parts = Path(rel).parts
+    ups = len(list(itertools.takewhile(lambda part: part == "..", parts)))
+    if ups == len(parts) and rel != ".":
+        return None  # the location holds the store's folder
+    if ups and not Path(os.path.normpath(os.path.join(new, *parts[:ups + 1]))).is_dir():
+        return None  # beside the store, and not taken along
+    target = os.path.normpath(os.path.join(new, rel))
+    if target == os.path.normpath(path):
+        return None
+    return Path(target).as_uri() if location.startswith("file://") else target
+
+
+def _old_store_dir(con, here: Path) -> str:
+    """The folder a store made before it carried :data:`STORE_DIR_TAG` was made in: the one
+    holding the ``mlartifacts/<study>`` folders of its experiments when that folder has the
+    store folder's name (``/old/results`` for ``/new/results``), else the store's folder."""
+    found = set()
+    for name, location in con.execute("SELECT name, artifact_location FROM experiments"):
+        study = name[len(EXPERIMENT_PREFIX):] if name.startswith(EXPERIMENT_PREFIX) else None
+        suffix = f"/mlartifacts/{study}"
+        if study and location and location.startswith("file://") and location.endswith(suffix):
+            found.add(location[len("file://"):-len(suffix)])
+    if len(found) == 1:
+        (old,) = found
+        if Path(old).name == here.name:
+            return old
+    return str(here)
+
+
+def _repair_moved_store(db: Path) -> None:
+    """If the store was made in another folder (it was moved, or this is a copy), repoint the
+    artifact locations inside that folder to this one, so nothing is written outside it."""
+    here = db.parent.resolve()
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+        row = con.execute("SELECT value FROM experiment_tags WHERE experiment_id = 0 AND key = ?",
+                          (STORE_DIR_TAG,)).fetchone()
+        old = row[0] if row else _old_store_dir(con, here)
+        new = str(here)
+        if row is not None and old == new:
+            return
+        experiments, runs = 0, []
+        if old != new:
+            for exp_id, location in con.execute(
+                    "SELECT experiment_id, artifact_location FROM experiments").fetchall():
+                if (fixed := _moved(location, old, new)) is not None:
+                    con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                                (fixed, exp_id))
+                    experiments += 1
+            for run_id, uri in con.execute("SELECT run_uuid, artifact_uri FROM runs").fetchall():
+                if (fixed := _moved(uri, old, new)) is not None:
+                    con.execute("UPDATE runs SET artifact_uri = ? WHERE run_uuid = ?", (fixed, run_id))
+                    runs.append(run_id)
+        con.execute("DELETE FROM experiment_tags WHERE experiment_id = 0 AND key = ?", (STORE_DIR_TAG,))
+        con.execute("INSERT INTO experiment_tags (key, value, experiment_id) VALUES (?, ?, 0)",
+                    (STORE_DIR_TAG, new))
+        con.commit()
+    if old != new:
+        from mlflow.tracking._tracking_service import utils as service_utils
+
+        for run_id in runs:  # this process may have cached the old location of a run's artifacts
+            service_utils._artifact_repos_cache.pop(run_id, None)
+        _note(f"the MLflow store {db} was made in {old}: repointed the artifact locations of "
+              f"{experiments} experiment(s) and {len(runs)} run(s) inside it to {new}")
 
 
 def _experiment_id(client, tracking_uri: str, study: str, artifact_root: Path | None) -> str:
@@ -252,11 +526,6 @@ def _to_float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(f) else f
-
-
-def _read_history(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- ]")
@@ -424,31 +693,42 @@ def log_run(
     ``mlflow.log_models``), ``figures/*.png`` and the optional profile JSON.
     Missing experiments are created (under ``artifact_root``, default
     :func:`default_artifact_root`), but call :func:`init_store` before fanning out.
-    Raises FileNotFoundError if ``run.json`` is missing and :class:`TrackingError` if the
-    store cannot be reached or written.
+    The run files are read with the checked readers of :mod:`segbench.runfiles`.
+    Raises :class:`TrackingError` if the store cannot be reached or written, and
+    :class:`RunFileTrackingError` (whose message is the run file's: the file, what is wrong,
+    how to recreate it) if ``run.json`` is missing or a run file or the profile is damaged.
     """
+    from segbench import runfiles
+
     run_dir = Path(run_dir)
-    info = _read_json(run_dir / "run.json")
+    try:
+        info = runfiles.read_run(run_dir)
+        history = runfiles.read_history(run_dir, info) if (run_dir / "history.csv").is_file() else []
+        final = runfiles.read_metrics(run_dir, info) if (run_dir / "metrics.json").is_file() else None
+        has_profile = profile_path is not None and Path(profile_path).is_file()
+        profile = runfiles.read_profile(profile_path) if has_profile else None
+    except runfiles.RunFileError as exc:
+        raise RunFileTrackingError(f"{exc} (the run was not logged to MLflow)") from exc
     run_key, config_hash = _run_identity(info)
-    history_path = run_dir / "history.csv"
-    history = _read_history(history_path) if history_path.is_file() else []
-    metrics_path = run_dir / "metrics.json"
-    final = _read_json(metrics_path) if metrics_path.is_file() else None
-    profile = _read_json(Path(profile_path)) if profile_path and Path(profile_path).is_file() else None
     params = _flatten(info.get("config") or {})
+
+    from segbench.io import owned_tempdir
 
     try:
         client = _connect(tracking_uri)
-        with tempfile.TemporaryDirectory(prefix="segbench-track-") as tmp:
+        tmp = owned_tempdir("segbench-track-")
+        try:
             return {
                 study: _log_run_into(
-                    client, tracking_uri, study, run_dir, Path(tmp),
+                    client, tracking_uri, study, run_dir, tmp,
                     info=info, run_key=run_key, config_hash=config_hash, history=history,
                     final=final, profile=profile, profile_path=profile_path, params=params,
                     extra_tags=extra_tags, artifact_root=artifact_root, log_model=log_model,
                 )
                 for study in studies
             }
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     except TrackingError:
         raise
     except Exception as exc:
@@ -494,48 +774,51 @@ def _log_run_into(
     tags.update(extra_tags or {})
     tags = {k: _tag(v) for k, v in tags.items()}
 
-    run, created = _get_or_create_run(
-        client, exp_id, tag=TAG_RUN_KEY, value=run_key, config_hash=config_hash,
-        run_name=run_key, start_time=start_time, tags=tags,
-    )
-    run_id = run.info.run_id
+    # Find-or-create and the database writes under the store lock: two processes logging the
+    # same run (two `segbench sync` at once) give one MLflow run with one copy of each metric.
+    with _store_lock(tracking_uri):
+        run, created = _get_or_create_run(
+            client, exp_id, tag=TAG_RUN_KEY, value=run_key, config_hash=config_hash,
+            run_name=run_key, start_time=start_time, tags=tags,
+        )
+        run_id = run.info.run_id
 
-    # Per-epoch metrics: step = epoch, timestamp = the `time` column.
-    columns = [c for c in (history[0].keys() if history else []) if c not in HISTORY_INDEX_COLUMNS]
-    logged = {} if created else _metric_history(client, run, [_key(c) for c in columns])
-    metrics: list = []
-    for i, row in enumerate(history):
-        step = int(float(row.get("epoch", i)))
-        ts = int(times[i] * 1000) if times[i] is not None else now
-        for col in columns:
-            key, value = _key(col), _to_float(row[col])
-            if value is None or step in logged.get(key, ()):
-                continue
-            metrics.append(Metric(key, value, ts, step))
+        # Per-epoch metrics: step = epoch, timestamp = the `time` column.
+        columns = [c for c in (history[0].keys() if history else []) if c not in HISTORY_INDEX_COLUMNS]
+        logged = {} if created else _metric_history(client, run, [_key(c) for c in columns])
+        metrics: list = []
+        for i, row in enumerate(history):
+            step = int(float(row.get("epoch", i)))
+            ts = int(times[i] * 1000) if times[i] is not None else now
+            for col in columns:
+                key, value = _key(col), _to_float(row[col])
+                if value is None or step in logged.get(key, ()):
+                    continue
+                metrics.append(Metric(key, value, ts, step))
 
-    # Summary metrics (step 0): logged when absent or when their latest value changed.
-    summary: dict[str, float] = {}
-    if final is not None:
-        for name in FINAL_METRICS:
-            if (v := _to_float(final.get(name))) is not None:
-                summary[f"final_{name}"] = v
-        names = final.get("class_names") or info.get("class_names") or []
-        for i, iou in enumerate(final.get("IoU") or []):
-            if (v := _to_float(iou)) is not None:
-                summary[_key(f"final_IoU_{names[i] if i < len(names) else i}")] = v
-    if profile is not None:
-        for name in PROFILE_METRICS:
-            if (v := _to_float(profile.get(name))) is not None:
-                summary[f"profile_{name}"] = v
-    latest = {} if created else run.data.metrics
-    for key, value in summary.items():
-        if latest.get(key) != value:
-            metrics.append(Metric(key, value, now, 0))
+        # Summary metrics (step 0): logged when absent or when their latest value changed.
+        summary: dict[str, float] = {}
+        if final is not None:
+            for name in FINAL_METRICS:
+                if (v := _to_float(final.get(name))) is not None:
+                    summary[f"final_{name}"] = v
+            names = final.get("class_names") or info.get("class_names") or []
+            for i, iou in enumerate(final.get("IoU") or []):
+                if (v := _to_float(iou)) is not None:
+                    summary[_key(f"final_IoU_{names[i] if i < len(names) else i}")] = v
+        if profile is not None:
+            for name in PROFILE_METRICS:
+                if (v := _to_float(profile.get(name))) is not None:
+                    summary[f"profile_{name}"] = v
+        latest = {} if created else run.data.metrics
+        for key, value in summary.items():
+            if latest.get(key) != value:
+                metrics.append(Metric(key, value, now, 0))
 
-    existing_params = {} if created else run.data.params
-    new_params = [Param(k, v) for k, v in params.items() if k not in existing_params]
-    new_tags = [] if created else [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
-    _log_batch(client, run_id, metrics=metrics, params=new_params, tags=new_tags)
+        existing_params = {} if created else run.data.params
+        new_params = [Param(k, v) for k, v in params.items() if k not in existing_params]
+        new_tags = [] if created else [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+        _log_batch(client, run_id, metrics=metrics, params=new_params, tags=new_tags)
 
     # Artifacts (overwritten in place by the artifact repository).
     for name in RUN_FILES:
@@ -555,7 +838,8 @@ def _log_run_into(
         study_tmp.mkdir(parents=True, exist_ok=True)
         csv_path, table = _write_iou_table(study_tmp, names, final["IoU"])
         client.log_artifact(run_id, str(csv_path))
-        _log_iou_table(client, run_id, table, study_tmp)
+        with _store_lock(tracking_uri):  # log_table appends: one writer at a time
+            _log_iou_table(client, run_id, table, study_tmp)
 
     client.set_terminated(run_id, status="FINISHED", end_time=max(end_time, start_time))
     return run_id
@@ -597,14 +881,15 @@ def log_study(
             "study": study,
             "segbench.study_dir": str(study_dir.resolve()),
         }
-        run, created = _get_or_create_run(
-            client, exp_id, tag=TAG_STUDY_RUN, value=study, config_hash=None,
-            run_name=f"study:{study}", start_time=None, tags=tags,
-        )
-        run_id = run.info.run_id
-        if not created:
-            changed = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
-            _log_batch(client, run_id, tags=changed)
+        with _store_lock(tracking_uri):  # find-or-create: one study run however many writers
+            run, created = _get_or_create_run(
+                client, exp_id, tag=TAG_STUDY_RUN, value=study, config_hash=None,
+                run_name=f"study:{study}", start_time=None, tags=tags,
+            )
+            run_id = run.info.run_id
+            if not created:
+                changed = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+                _log_batch(client, run_id, tags=changed)
         for p in files:
             rel_dir = p.parent.relative_to(study_dir).as_posix()
             client.log_artifact(run_id, str(p), artifact_path=rel_dir)
@@ -690,6 +975,8 @@ def sync(
     in its record; its profile likewise (``plan_profiles``, else the record's). A run with no
     study is reported and left out. Records are written in the order the pipeline writes them
     (init, runs, studies), so Snakemake sees no input newer than its output afterwards.
+    A run whose files are damaged is left out (its record says skipped, why and what to do)
+    and the others are logged; then :class:`RunFileTrackingError` lists the left-out runs.
     Raises :class:`TrackingError` when the store fails.
     Returns ``{"experiments": ..., "runs": {key: {study: id}}, "studies": {study: id},
     "unassigned": [run dirs]}``.
@@ -705,7 +992,7 @@ def sync(
     unassigned: list[str] = []
     for run_json in sorted((results / "runs").rglob("run.json")):
         run_dir = run_json.parent
-        key, _ = _run_identity(_read_json(run_json))
+        key = run_dir.relative_to(results / "runs").as_posix()  # the layout: runs/{run key}/
         record_path = records / "runs" / f"{key}.json"
         rec = read_record(record_path) or {}
         studies = list(dict.fromkeys(
@@ -729,9 +1016,18 @@ def sync(
     log(f"MLflow store {tracking_uri}: {len(experiments)} experiments")
 
     logged_runs: dict[str, dict[str, str]] = {}
+    left_out: list[str] = []
     for key, run_dir, studies, profile, record_path in runs:
-        ids = log_run(run_dir, studies=studies, tracking_uri=tracking_uri,
-                      profile_path=profile, artifact_root=artifact_root, log_model=log_model)
+        try:
+            ids = log_run(run_dir, studies=studies, tracking_uri=tracking_uri,
+                          profile_path=profile, artifact_root=artifact_root, log_model=log_model)
+        except RunFileTrackingError as exc:  # this run's files, not the store: go on with the rest
+            write_record(record_path, status=RECORD_SKIPPED, round=_own_round(record_path),
+                         tracking_uri=tracking_uri, reason=str(exc), run_dir=str(run_dir),
+                         studies=studies, profile=profile)
+            left_out.append(str(exc))
+            log(f"skipping {run_dir}: {exc}")
+            continue
         write_record(record_path, status=RECORD_LOGGED, round=_own_round(record_path),
                      tracking_uri=tracking_uri, runs=ids, run_dir=str(run_dir),
                      studies=studies, profile=profile)
@@ -750,6 +1046,10 @@ def sync(
         _touch_benchmark(results, record_path)
         logged_studies[study_dir.name] = run_id
         log(f"logged study {study_dir.name}: run {run_id}")
+    if left_out:
+        raise RunFileTrackingError(
+            f"{len(left_out)} run(s) left out of MLflow because a file is damaged (everything else "
+            "is synced; run `segbench sync` again once they are recreated):\n" + "\n".join(left_out))
     return {"experiments": experiments, "runs": logged_runs, "studies": logged_studies,
             "unassigned": unassigned}
 

@@ -8,7 +8,12 @@
 # `round` is a param of its job (tracking.record_round): a skipped record raises it, so the
 # next `snakemake` reruns exactly the skipped track jobs (Snakemake's params trigger), and
 # `segbench sync` logs everything at once and marks the records logged.
-from segbench.tracking import is_server, read_record, record_round, RECORD_SKIPPED
+import time
+
+from segbench.tracking import damaged_stores, is_server, read_record, record_round, RECORD_SKIPPED
+
+# when this snakemake started: a damaged store a track job moves aside from now on is reported
+TRACK_STARTED = time.time()
 
 # new experiments keep their artifacts beside a local store; a tracking server stores them
 # where `mlflow server --artifacts-destination` says (scripts/mlflow_server.sh)
@@ -104,6 +109,11 @@ rule track_study:
 def mlflow_reminder():
     """After a successful run: a reminder when MLflow is behind the files."""
     if MLFLOW:
+        damaged = damaged_stores(TRACKING_URI, since=TRACK_STARTED)
+        if damaged:
+            print(f"\nMLflow: the store of {TRACKING_URI} was damaged; a track step moved it aside to "
+                  f"{os.path.abspath(damaged[-1])} and made a fresh one, which holds only the steps logged since. Run "
+                  "`segbench sync` to log every run directory and study into it again.", file=sys.stderr)
         records = [INIT_RECORD] + [STUDY_RECORD.format(study=s) for s in PLAN.studies] + [
             RUN_RECORD.format(dataset=r.dataset, model=r.model, loss=r.loss, seed=r.seed) for r in PLAN.runs]
         skipped = [p for p in records if (read_record(p) or {}).get("status") == RECORD_SKIPPED]

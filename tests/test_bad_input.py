@@ -34,6 +34,20 @@ Decisions for images (``segbench.data.images`` implements them):
   named with the extension the layout expects; a label holding JPEG data under a ``.png``
   name is refused (the lossy compression changes the ids).
 
+Decisions for config files (``segbench.config`` implements them; the workflow's start-up gives
+the same message, :func:`test_snakemake_start_up_gives_the_check_config_message`):
+
+* numbers are finite; integers are written as integers (2, not 2.0 or true) and are at most
+  2**32 - 1 (seeds included: training seeds torch with seed x 100003 + epoch), some keys less;
+* names (datasets, models, losses, studies, ablations, grids and generated entries) are 1 to 64
+  ASCII letters, digits, _ . - , so that each is a path component on any file system, and do
+  not end in a piece repeated 20 times (Snakemake's wildcards refuse that);
+* YAML merge keys (``<<: *anchor``) are read as Snakemake reads them, a UTF-8 byte-order mark is
+  skipped; a key given twice, a file that is not UTF-8, not a mapping, or that expands to more
+  than 100,000 values through aliases is refused. A file Snakemake itself cannot read (a folder,
+  non-UTF-8 bytes, a list) stops Snakemake before segbench's check: ``segbench check-config``
+  names it.
+
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -243,6 +258,73 @@ def grid_clash(raw: dict) -> None:
     raw["grids"] = {"losses": {"ce": {"base": {"type": "ce"}, "product": {"label_smoothing": [0.1, 0.2]}}}}
 
 
+def config_bytes(data: bytes, name: str = "config.yaml"):
+    """A config file holding exactly ``data`` (not built from the minimal config)."""
+    def build(ctx: Ctx):
+        path = write(ctx.tmp / name, data)
+        return (lambda: main(["check-config", str(path)])), [str(path)]
+
+    return build
+
+
+def config_folder(ctx: Ctx):
+    """A folder given where the config file belongs."""
+    path = ctx.tmp / "configs"
+    path.mkdir()
+    return (lambda: main(["check-config", str(path)])), [str(path)]
+
+
+def rename_model(new: str) -> Callable[[dict], None]:
+    """models.unet renamed to ``new`` (and the study naming it)."""
+    def change(raw: dict) -> None:
+        raw["models"] = {(new if k == "unet" else k): v for k, v in raw["models"].items()}
+        raw["studies"]["unet_segnet"]["models"] = [new, "segnet"]
+
+    return change
+
+
+def long_grid_name(raw: dict) -> None:
+    raw["grids"] = {"losses": {"ce_" + "x" * 50: {"base": {"type": "ce"}, "product": {"label_smoothing": [0.1]}}}}
+
+
+def merge_keys(body: str) -> str:
+    """segnet written as a YAML merge of unet's entry (`<<: *unet`) overriding `arch`."""
+    assert "  unet:\n    arch: unet\n" in body and "  segnet:\n    arch: segnet\n" in body
+    body = body.replace("  unet:\n    arch: unet\n", "  unet: &unet\n    arch: unet\n", 1)
+    return body.replace("  segnet:\n    arch: segnet\n    params:\n      width: 16\n",
+                        "  segnet:\n    <<: *unet\n    arch: segnet\n", 1)
+
+
+def merge_then_duplicate(body: str) -> str:
+    """A merge key beside a key given twice: the merge is fine, the repeat is not."""
+    merged = "    <<: *unet\n    arch: segnet\n"
+    return merge_keys(body).replace(merged, merged + "    arch: unet\n")
+
+
+def merged_segnet_is_segnet(ctx: Ctx, culprits: list[str], out: str) -> None:
+    from segbench.config import load_config
+
+    assert f"{culprits[0]}: valid" in out and "segnet" in out
+    text = Path(culprits[0]).read_text()
+    assert "<<: *unet" in text
+    # the merged entry as Snakemake's own loader (PyYAML's FullLoader) reads it: unet's keys, arch overridden
+    assert load_config(culprits[0])["models"]["segnet"] == {"arch": "segnet", "params": {"width": 16}}
+    assert yaml.load(text, Loader=yaml.FullLoader)["models"]["segnet"] == {"arch": "segnet", "params": {"width": 16}}
+
+
+def bom_is_ignored(ctx: Ctx, culprits: list[str], out: str) -> None:
+    assert Path(culprits[0]).read_bytes().startswith(b"\xef\xbb\xbf")
+    assert f"{culprits[0]}: valid" in out and "unet" in out
+
+
+#: "billion laughs": 9 levels of 9 aliases, 9**9 = 387 million strings once expanded
+ALIAS_BOMB = "\n".join(
+    [f"l0: &l0 [{', '.join(['lol'] * 9)}]"]
+    + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    + ["datasets: {d: {source: synthetic}}", "models: {m: {arch: unet}}", "losses: {c: {type: ce}}",
+       "studies: {s: {datasets: [d], models: [m], losses: [c], description: *l8}}"]).encode() + b"\n"
+
+
 # -- archives
 def tar_member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> bytes:
     buf = io.BytesIO()
@@ -392,7 +474,8 @@ def trained_run(ctx: Ctx, *, width: int = 4, classes: int = 19, saved_width: int
     run = ctx.tmp / "runs" / "cs" / "unet" / "ce" / "s0"
     run.mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({
-        "run_key": "cs/unet/ce/s0", "dataset": "cs", "num_classes": classes,
+        "run_key": "cs/unet/ce/s0", "dataset": "cs", "model": "unet", "loss": "ce", "seed": 0, "epochs": 1,
+        "num_classes": classes,
         "class_names": [f"c{i}" for i in range(classes)],
         "config": {"model": {"name": "unet", "arch": "unet", "params": {"width": width}}}}))
     torch.save(build_model("unet", classes, width=saved_width or width).state_dict(), run / "model.pt")
@@ -604,6 +687,85 @@ CASES: list[Case] = [
          ("duplicate key 'unet'", "line")),
     Case("config-duplicate-generated-name", "config", "config", config_file(grid_clash), CLI,
          ("grids.losses.ce", "'ce_label_smoothing0.1'", "already defined under 'losses'", "rename")),
+    # numbers the schema's bounds let through, or that crash training later (issue 18, item 8)
+    Case("config-nan-lr", "config", "config", config_file(set_key("train.lr", float("nan"))), CLI,
+         ("train.lr", ".nan is not a finite number", "give a number")),
+    Case("config-inf-lr", "config", "config", config_file(set_key("train.lr", float("inf"))), CLI,
+         ("train.lr", ".inf is not a finite number", "give a number")),
+    Case("config-negative-inf-lr", "config", "config", config_file(set_key("train.lr", float("-inf"))), CLI,
+         ("train.lr", "-.inf is not a finite number", "give a number")),
+    Case("config-zero-lr", "config", "config", config_file(set_key("train.lr", 0)), CLI,
+         ("train.lr", "0 is less than or equal to the minimum of 0", "give a value above 0")),
+    Case("config-negative-lr", "config", "config", config_file(set_key("train.lr", -0.01)), CLI,
+         ("train.lr", "-0.01", "give a value above 0")),
+    Case("config-negative-batch-size", "config", "config", config_file(set_key("eval.batch_size", -4)), CLI,
+         ("eval.batch_size", "-4", "give a value 1 or more")),
+    Case("config-inf-batch-size", "config", "config", config_file(set_key("train.batch_size", float("inf"))), CLI,
+         ("train.batch_size", ".inf is not a finite number")),
+    Case("config-float-epochs", "config", "config", config_file(set_key("train.epochs", 2.0)), CLI,
+         ("train.epochs", "got 2.0", "write 2, without the decimal point")),
+    Case("config-float-seed", "config", "config", config_file(set_key("studies.unet_segnet.seeds", [0, 1.0])), CLI,
+         ("studies.unet_segnet.seeds[1]", "got 1.0", "write 1")),
+    Case("config-float-enum-integer", "config", "config",
+         config_file(set_key("losses.bal", {"type": "bal", "down": 2.0})), CLI,
+         ("losses.bal.down", "got 2.0", "write 2")),
+    Case("config-exponent-as-text", "config", "config",
+         config_file(lambda raw: None, lambda body: body.replace("train:\n", "train:\n  lr: 1e-3\n", 1)), CLI,
+         ("train.lr", "got '1e-3'", "needs a decimal point", "write 0.001")),
+    Case("config-bool-epochs", "config", "config", config_file(set_key("train.epochs", True)), CLI,
+         ("train.epochs", "expected integer, got True", "true/false are not numbers")),
+    Case("config-huge-seed", "config", "config", config_file(set_key("studies.unet_segnet.seeds", [2**64])), CLI,
+         ("studies.unet_segnet.seeds[0]", "18446744073709551616", "at most 4294967295", "smaller number")),
+    Case("config-seed-above-2-32", "config", "config",
+         config_file(set_key("datasets.synthetic.generate.seed", 2**32)), CLI,
+         ("datasets.synthetic.generate.seed", "4294967296", "at most 4294967295")),
+    Case("config-huge-integer-param", "config", "config", config_file(set_key("models.unet.params.width", 10**30)), CLI,
+         ("models.unet.params.width", str(10**30), "at most 4294967295")),
+    Case("config-huge-epochs", "config", "config", config_file(set_key("train.epochs", 10**6)), CLI,
+         ("train.epochs", "1000000", "give a value at most 100000")),
+    Case("config-huge-threads", "config", "config", config_file(set_key("profile.threads", 5000)), CLI,
+         ("profile.threads", "5000", "at most 1024")),
+    # names: each is a folder of every run's path (results/runs/<dataset>/<model>/<loss>/s<seed>)
+    Case("config-name-too-long", "config", "config", config_file(rename_model("u" * 250)), CLI,
+         ("config key 'models'", "u" * 250, "250 characters long; at most 64", "shorter name")),
+    Case("config-name-path-separator", "config", "config", config_file(rename_model("runs/unet")), CLI,
+         ("config key 'models'", "'runs/unet'", "ASCII letters, digits, _ . -", "rename it")),
+    Case("config-name-parent-folder", "config", "config", config_file(rename_model("..")), CLI,
+         ("config key 'models'", "'..'", "starting with a letter or digit", "rename it")),
+    Case("config-name-unicode", "config", "config", config_file(rename_model("ünet")), CLI,
+         ("config key 'models'", "'ünet'", "ASCII letters", "rename it")),
+    Case("config-name-empty", "config", "config", config_file(rename_model("")), CLI,
+         ("config key 'models'", "name ''", "1 to 64", "rename it")),
+    Case("config-name-periodic", "config", "config", config_file(rename_model("unet" + "x" * 20)), CLI,
+         ("config key 'models'", "'unet" + "x" * 20 + "'", "'x' repeated 20 times", "rename it")),
+    Case("config-generated-name-too-long", "config", "config", config_file(long_grid_name), CLI,
+         ("grids.losses.ce_" + "x" * 50 + ".product", "more than 64", "shorten")),
+    # the file itself
+    Case("config-empty-file", "config", "config", config_bytes(b""), CLI,
+         ("the configuration is empty", "config.yaml")),
+    Case("config-top-level-list", "config", "config", config_bytes(b"- datasets\n- models\n"), CLI,
+         ("is a list, not a mapping of keys", "`datasets:`")),
+    Case("config-top-level-scalar", "config", "config", config_bytes(b"datasets\n"), CLI,
+         ("is a single string ('datasets'), not a mapping of keys", "`datasets:`")),
+    Case("config-not-utf8", "config", "config",
+         config_bytes(yaml.safe_dump(MINIMAL_CONFIG).replace("unet_segnet", "caf\xe9").encode("latin-1")), CLI,
+         ("not UTF-8 text", "byte 0xe9 on line", "save the file as UTF-8")),
+    Case("config-a-folder", "config", "config", config_folder, CLI,
+         ("is a folder, not a config file", "config.yaml")),
+    Case("config-tab-indent", "config", "config",
+         config_file(lambda raw: None, lambda body: body.replace("  unet:\n", "\tunet:\n", 1)), CLI,
+         ("not valid YAML", "line", "indent with spaces")),
+    Case("config-alias-bomb", "config", "config", config_bytes(ALIAS_BOMB), CLI,
+         ("values once its YAML aliases", "more than 100000", "fewer aliases")),
+    Case("config-duplicate-key-beside-merge", "config", "config",
+         config_file(lambda raw: None, merge_then_duplicate), CLI, ("duplicate key 'arch'", "line")),
+    Case("config-merge-keys", "config", "config", config_file(lambda raw: None, merge_keys), None,
+         decision="YAML 1.1 merge keys (`<<: *anchor`) are read as Snakemake reads them (the entry's own keys "
+                  "override the merged ones); only a key the entry itself gives twice is refused",
+         accept=merged_segnet_is_segnet),
+    Case("config-utf8-bom", "config", "config",
+         config_bytes(b"\xef\xbb\xbf" + yaml.safe_dump(MINIMAL_CONFIG, sort_keys=False).encode()), None,
+         decision="a UTF-8 byte-order mark is skipped, as YAML and Snakemake skip it", accept=bom_is_ignored),
     # ---------------------------------------------------------------- images
     Case("image-truncated-png", "image", "prepare", cs_with(image=truncated(png(noise()))), CLI,
          ("truncated or corrupt", "re-extract")),
@@ -793,6 +955,50 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
 
 def case_command(case: Case) -> str:
     return {"config": "check-config"}.get(case.entry, case.entry)
+
+
+# ============================================================== the same config at the workflow's start-up
+ROOT = Path(__file__).resolve().parents[1]
+#: Snakemake reads a --configfile itself, in its command line, before the Snakefile runs: a file
+#: it cannot read as a mapping stops it there, with its own message (a traceback for a folder or
+#: non-UTF-8 bytes, "Config file must be given as JSON or YAML with keys at top level." without
+#: the file's name for a list), which no code of segbench's sees (snakemake/common/configfile.py)
+SNAKEMAKE_READS_FIRST = "Snakemake loads --configfile before the Snakefile runs; `segbench check-config FILE` names it"
+START_UP = ("config-nan-lr", "config-huge-seed", "config-float-epochs", "config-name-too-long", "config-alias-bomb",
+            "config-duplicate-key-beside-merge", "config-merge-keys",
+            *(pytest.param(c, marks=pytest.mark.xfail(reason=SNAKEMAKE_READS_FIRST, strict=True))
+              for c in ("config-not-utf8", "config-a-folder", "config-top-level-list")))
+
+
+@pytest.mark.parametrize("case_id", START_UP)
+def test_snakemake_start_up_gives_the_check_config_message(case_id, tmp_path, monkeypatch, capsys):
+    """`snakemake -n --configfile FILE` through the real Snakefile: the message of
+    `segbench check-config FILE`, naming the file, and no traceback; accepted input plans runs."""
+    import subprocess
+    import sys
+
+    case = next(c for c in CASES if c.id == case_id)
+    call, culprits = case.build(Ctx(tmp_path, monkeypatch))
+    config = culprits[0]
+    capsys.readouterr()
+    rc = call()
+    err = capsys.readouterr().err
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.run([str(bin_dir / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
+                           str(tmp_path / "wd"), "--cores", "1", "-n", "--configfile", config],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}"))
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output, output
+    if case.error is None:
+        assert rc == 0 and proc.returncode == 0, output
+        assert "This was a dry-run" in output
+        return
+    assert rc == 2 and proc.returncode != 0, output
+    message = err.split("segbench check-config: error: ", 1)[1].strip()
+    assert message.startswith(config), message
+    for line in message.splitlines():
+        assert line.strip() in output, f"{line!r} missing from snakemake's output:\n{output}"
 
 
 # ============================================================== beyond the message

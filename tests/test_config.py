@@ -148,3 +148,106 @@ def test_the_schema_is_package_data_and_names_what_the_catalog_declares():
     assert entries["losses"]["type"]["enum"] == list(LOSSES)
     assert entries["datasets"]["source"]["enum"] == list(DATASET_SOURCES)
     assert entries["datasets"]["labels"]["enum"] == list(LABEL_SETS) == ["trainId", "category"]
+
+
+# ----------------------------------------------------------------------------- limits (issue 18, item 8)
+def _name(word: str, length: int) -> str:
+    """A valid, non-periodic name of ``length`` characters."""
+    import hashlib
+
+    return (word + "_" + hashlib.sha256(word.encode()).hexdigest() * 2)[:length]
+
+
+def test_longest_names_fit_every_path_the_workflow_writes(tmp_path, raw):
+    """Names of NAME_MAX characters: every output and log path of the real Snakefile's plan can
+    be created on this file system (255-byte names); one character more is refused."""
+    import os
+    import subprocess
+    import sys
+
+    from segbench.config import NAME_MAX
+
+    d, m, loss, s = (_name(w, NAME_MAX) for w in ("dataset", "model", "loss", "study"))
+    raw["datasets"] = {d: raw["datasets"]["synthetic"]}
+    raw["models"] = {m: raw["models"]["unet"]}
+    raw["losses"] = {loss: {"type": "ce"}}
+    raw["studies"] = {s: {"datasets": [d], "models": [m], "losses": [loss], "seeds": [4294967295]}}
+    raw["cross_study"] = {"datasets": [d]}
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    bin_dir = Path(sys.executable).parent
+    wd = tmp_path / "wd"
+    proc = subprocess.run([str(bin_dir / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(wd),
+                           "--cores", "1", "-n", "--summary", "--configfile", str(config)],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split("\t") for line in proc.stdout.splitlines()[1:] if "\t" in line]
+    paths = {p for row in rows for p in [row[0], *row[3].split(",")] if p.strip() not in ("", "-")}
+    assert any(f"/{d}/{m}/{loss}/s4294967295" in p for p in paths) and any(s in p for p in paths)
+    for p in paths:  # the file system's own check: OSError "File name too long" if a part is over its limit
+        target = wd / p.strip()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch()
+    raw["models"] = {m + "x": raw["models"][m]}
+    raw["studies"][s]["models"] = [m + "x"]
+    assert f"at most {NAME_MAX}" in errors_of(raw)
+
+
+@pytest.mark.parametrize("name", ["unet" + "x" * 19, "unet" + "x" * 20, "ab" * 20, "b" + "ab" * 19, "m" * 64,
+                                  "model_" + "12" * 20, "deeplabv3_pac_r6-12-18_concat", "a-b-" * 16])
+def test_a_name_is_refused_where_snakemake_takes_it_for_a_recursion(raw, name):
+    from snakemake.io import PeriodicityDetector
+
+    raw["losses"] = {name: {"type": "ce"}}
+    raw["studies"]["unet_segnet"]["losses"] = [name]
+    periodic = PeriodicityDetector().is_periodic(name) is not None
+    if periodic:
+        assert f"name '{name}' ends in" in errors_of(raw)
+    else:
+        assert name in validate_config(raw)["losses"]
+
+
+def test_the_seed_bound_fits_what_training_gives_torch(raw):
+    """The largest seed and epoch count the schema allows make an epoch seed that torch takes."""
+    import torch
+
+    from segbench.config import load_schema
+    from segbench.engine.train import _epoch_seed
+
+    schema = load_schema()
+    top = schema["$defs"]["seed"]["maximum"]
+    epochs = schema["$defs"]["train"]["properties"]["epochs"]["maximum"]
+    torch.manual_seed(_epoch_seed(top, epochs))
+    torch.Generator().manual_seed(_epoch_seed(top, epochs))
+    raw["studies"]["unet_segnet"]["seeds"] = [top]
+    raw["train"]["epochs"] = epochs
+    assert validate_config(copy.deepcopy(raw))["studies"]["unet_segnet"]["seeds"] == [top]
+    raw["studies"]["unet_segnet"]["seeds"] = [top + 1]
+    assert "studies.unet_segnet.seeds[0]" in errors_of(raw)
+
+
+def test_merged_entries_do_not_share_what_validation_fills_in(tmp_path):
+    """Two studies written with a YAML merge key share the merged values (one Python object);
+    the ablation datasets filled in from each study's own datasets stay each study's."""
+    config = tmp_path / "merge.yaml"
+    config.write_text("""
+datasets:
+  a: {source: synthetic}
+  b: {source: synthetic}
+models: {unet: {arch: unet, params: {width: 8}}}
+losses: {ce: {type: ce}}
+studies:
+  first: &first
+    datasets: [a]
+    models: [unet]
+    losses: [ce]
+    ablations:
+      grid: {table: bal_grid, models: [unet], losses: [ce]}
+  second:
+    <<: *first
+    datasets: [b]
+""")
+    cfg = load_config(config)
+    assert cfg["studies"]["first"]["ablations"]["grid"]["datasets"] == ["a"]
+    assert cfg["studies"]["second"]["ablations"]["grid"]["datasets"] == ["b"]

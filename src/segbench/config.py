@@ -22,6 +22,7 @@ import copy
 import difflib
 import fnmatch
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +34,14 @@ from segbench.errors import UserError
 
 #: the config's JSON schema, package data of segbench (src/segbench/schemas/)
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
+#: the longest name of a dataset, model, loss, study, ablation or grid (its ``maxLength``), and
+#: of a generated grid entry: names are folders of every run's path, so each fits a file
+#: system's 255-byte name limit
+NAME_MAX = 64
+#: the largest integer anywhere in a config (2**32 - 1; the schema sets smaller maxima for some keys)
+INT_MAX = 2**32 - 1
+#: the most values a config may hold once its YAML aliases are expanded (a few thousand is large)
+VALUES_MAX = 100_000
 
 
 class ConfigError(UserError, ValueError):
@@ -70,6 +79,14 @@ def _key_path(parts) -> str:
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
     return out or "<top level>"
+
+
+def _is_float(text: str) -> bool:
+    """Whether ``text`` is a finite number as Python reads it (YAML 1.1 reads 1e-3 as text)."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _suggest(word: str, choices) -> str:
@@ -121,7 +138,26 @@ def _describe(error, schema_root: dict, locate: Callable[[tuple], tuple] | None 
     if v == "type":
         want = error.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
-        return [f"config key '{where}': expected {want}, got {error.instance!r}"]
+        hint = ""
+        if "integer" in want and isinstance(error.instance, float) and error.instance.is_integer():
+            hint = f"; write {int(error.instance)}, without the decimal point"
+        elif isinstance(error.instance, bool) and ("integer" in want or "number" in want):
+            hint = "; write a number (YAML's true/false are not numbers here)"
+        elif isinstance(error.instance, str) and ("integer" in want or "number" in want) and _is_float(error.instance):
+            if "e" in error.instance.lower():
+                hint = (f"; YAML reads {error.instance} as text (its exponent form needs a decimal point, "
+                        f"e.g. 1.0e-3): write {float(error.instance)!r}")
+            else:
+                hint = f"; write {error.instance.strip()} without quotes"
+        return [f"config key '{where}': expected {want}, got {error.instance!r}{hint}"]
+    if "propertyNames" in error.relative_schema_path and schema.get("maxLength") == NAME_MAX:  # $defs/name
+        name = error.instance
+        if v == "maxLength":
+            return [f"config key '{where}': name {name!r} is {len(name)} characters long; at most {NAME_MAX} "
+                    "are allowed (names are folders of every run's path); give it a shorter name"]
+        return [f"config key '{where}': name {name!r} is not allowed; a name is 1 to {NAME_MAX} ASCII letters, "
+                "digits, _ . - starting with a letter or digit (names are folders of every run's path); "
+                "rename it"]
     if v in ("minItems", "minProperties") and len(error.instance) == 0:
         kind = path[-1] if path else ""
         if kind in ("datasets", "models", "losses"):
@@ -139,6 +175,11 @@ def _describe(error, schema_root: dict, locate: Callable[[tuple], tuple] | None 
                 twice.append(key)
             seen.add(key)
         return [f"config key '{where}': {', '.join(twice)} listed twice; remove the repeat"]
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") and not isinstance(error.instance, bool):
+        bound = error.validator_value
+        want = {"minimum": f"{bound} or more", "maximum": f"at most {bound}",
+                "exclusiveMinimum": f"above {bound}", "exclusiveMaximum": f"below {bound}"}[v]
+        return [f"config key '{where}': {error.message}; give a value {want}"]
     if v == "propertyNames":
         return [f"config key '{where}': name {error.instance!r} must match {schema.get('pattern')} (letters, digits, _ . -)"]
     return [f"config key '{where}': {error.message}"]
@@ -176,6 +217,9 @@ def _fill_defaults(instance: Any, schema: dict, root: dict, path: tuple = ()) ->
 
 GRID_KINDS = ("losses", "models")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: a name ending in one piece repeated 20 times or more ('aaaaaaaaaaaaaaaaaaaa', 'ab' x 20): the
+#: workflow's wildcards refuse it (Snakemake's PeriodicityDetector takes it for an endless recursion)
+_PERIODIC_RE = re.compile(r"(.+)\1{19,}$")
 
 
 class _Origins:
@@ -285,6 +329,10 @@ def _expand_grid(kind: str, prefix: str, grid: dict, where: tuple) -> tuple[list
             if not _NAME_RE.match(name):
                 problems.append(f"config key '{_key_path(at)}': generated name '{name}' is not a valid name "
                                 "(letters, digits, _ . -); change name_parts or abbreviations")
+            elif len(name) > NAME_MAX:
+                problems.append(f"config key '{_key_path(at)}': generated name '{name}' is {len(name)} characters "
+                                f"long, more than {NAME_MAX}; shorten the grid's name, its name_parts or its "
+                                "abbreviations")
             elif name in seen:
                 problems.append(f"config key '{_key_path(at)}': generates '{name}' a second time (first from "
                                 f"'{_key_path(seen[name])}'); rows and product values must differ")
@@ -294,8 +342,18 @@ def _expand_grid(kind: str, prefix: str, grid: dict, where: tuple) -> tuple[list
     return out, problems
 
 
+def _plain_copy(value: Any) -> Any:
+    """A copy of ``value`` in which no mapping or list appears twice: YAML aliases and merge keys
+    (``<<: *base``) share one object between entries, and defaults are filled in place."""
+    if isinstance(value, dict):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_copy(v) for v in value]
+    return value
+
+
 def _expand_grids(config: dict) -> tuple[dict, list[str], _Origins]:
-    cfg = copy.deepcopy(config)
+    cfg = _plain_copy(config)
     origins = _Origins()
     problems: list[str] = []
     grids = cfg.get("grids")
@@ -432,20 +490,83 @@ def _cross_study_problems(cfg: dict) -> list[str]:
     return problems
 
 
+def _count_values(value: Any, counted: dict[int, int]) -> int:
+    """How many values ``value`` holds with YAML aliases expanded; an alias is the same Python
+    object as its anchor, so each mapping or list is counted once (``counted``, by id)."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    if id(value) not in counted:
+        items = list(value.keys()) + list(value.values()) if isinstance(value, dict) else value
+        counted[id(value)] = 1 + sum(_count_values(v, counted) for v in items)
+    return counted[id(value)]
+
+
+def _value_problems(value: Any, path: tuple = ()) -> tuple[list[str], list[tuple]]:
+    """Numbers the schema's bounds let through: NaN and infinities (every comparison with NaN
+    is false, so ``minimum`` passes it) and integers above :data:`INT_MAX` anywhere in the
+    config. Returns the messages and the key paths they are about."""
+    problems: list[str] = []
+    paths: list[tuple] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            more, at = _value_problems(item, path + (key,))
+            problems += more
+            paths += at
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            more, at = _value_problems(item, path + (i,))
+            problems += more
+            paths += at
+    elif isinstance(value, float) and not math.isfinite(value):
+        shown = ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+        problems.append(f"config key '{_key_path(path)}': {shown} is not a finite number; give a number "
+                        "(e.g. 0.002 for a learning rate)")
+        paths.append(path)
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_MAX:
+        problems.append(f"config key '{_key_path(path)}': {value} is too large; integers in the config are at most "
+                        f"{INT_MAX} (2**32 - 1), some keys less; give a smaller number")
+        paths.append(path)
+    return problems, paths
+
+
+def _strict_validator(schema: dict):
+    """A draft 2020-12 validator for which an integer is an int, not a float such as 2.0
+    (json schema counts 2.0 as an integer, but range(2.0) and torch refuse it)."""
+    from jsonschema import Draft202012Validator, validators
+
+    def is_integer(checker, instance) -> bool:
+        return isinstance(instance, int) and not isinstance(instance, bool)
+
+    types = Draft202012Validator.TYPE_CHECKER.redefine("integer", is_integer)
+    return validators.extend(Draft202012Validator, type_checker=types)(schema)
+
+
 def validate_config(config: dict, schema_path: str | Path | None = None) -> dict:
     """Return a validated copy of ``config`` with defaults filled; raise ConfigError."""
-    from jsonschema import Draft202012Validator
-
-    if not isinstance(config, dict) or not config:
-        raise ConfigError("the configuration is empty: give a config.yaml (see the README)")
+    if config is None or config == {}:
+        raise ConfigError("the configuration is empty; write the benchmark's keys (datasets, models, losses, "
+                          "studies, ...) into it, as in the repository's config.yaml (see the README)")
+    if not isinstance(config, dict):
+        raise ConfigError(f"the configuration is a {_kind_of(config)}, not a mapping of keys; its top level "
+                          "must be keys such as `datasets:`, `models:`, `losses:` and `studies:`, as in the "
+                          "repository's config.yaml (see the README)")
+    size = _count_values(config, {})
+    if size > VALUES_MAX:
+        raise ConfigError(f"the configuration holds {size} values once its YAML aliases (*name) are expanded, "
+                          f"more than {VALUES_MAX}; an anchor repeated through aliases of aliases multiplies "
+                          "(a 'billion laughs' file): write the repeated parts out or use fewer aliases")
     schema = load_schema(schema_path)
-    validator = Draft202012Validator(schema)
-    expanded, problems, origins = _expand_grids(config)
+    validator = _strict_validator(schema)
+    problems, bad_values = _value_problems(config)
+    expanded, grid_problems, origins = _expand_grids(config)
+    problems += grid_problems
     # a message reported for several generated entries (a typo in a grid's base) is listed once
     found: dict[str, list[str]] = {}
     for error in sorted(validator.iter_errors(expanded), key=lambda e: list(map(str, e.absolute_path))):
         if error.validator in ("if", "allOf"):
             continue
+        if tuple(origins.locate(error.absolute_path)) in bad_values:
+            continue  # reported above
         for msg in _describe(error, schema, origins.locate):
             found.setdefault(msg, [])
             entry = origins.entry_of(error.absolute_path)
@@ -479,6 +600,13 @@ def validate_config(config: dict, schema_path: str | Path | None = None) -> dict
             abl.setdefault("seeds", list(spec["seeds"]))
             for kind in ("datasets", "models", "losses"):
                 abl[kind] = _resolve_names(cfg, kind, abl[kind], at, problems)
+    for kind in ("datasets", "models", "losses", "studies"):
+        for name in cfg[kind]:
+            periodic = _PERIODIC_RE.search(name)
+            if periodic:
+                problems.append(f"config key '{kind}': name '{name}' ends in '{periodic.group(1)}' repeated "
+                                f"{len(periodic.group(0)) // len(periodic.group(1))} times, which Snakemake refuses "
+                                "in a path (it takes it for an endless recursion); rename it")
     problems += _cross_study_problems(cfg)
     problems += _results_problems(cfg)
     if not problems:
@@ -622,17 +750,31 @@ def _dataset_problems(name: str, ds: dict) -> list[str]:
     return out
 
 
+def _kind_of(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return f"single string ({value[:40]!r})"
+    return f"single value ({value!r:.40})"
+
+
 def _format(problems: list[str]) -> str:
     head = f"invalid configuration ({len(problems)} problem{'s' if len(problems) > 1 else ''}):"
     return "\n".join([head, *("  - " + p for p in problems)])
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last).
+
+    YAML 1.1 merge keys (``<<: *base``) are accepted as Snakemake's loader accepts them: the
+    mapping's own keys override the merged ones, so only its own keys are checked for
+    repeats (SafeLoader's ``construct_mapping`` then merges, as usual)."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 first = seen.get(key)
@@ -648,11 +790,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_yaml(path: str | Path) -> Any:
     """A YAML file, refusing duplicate keys; errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a config file; give the path of a YAML file "
+                          f"(e.g. {path / 'config.yaml'})")
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read the config file {path}: {e.strerror}; check the path and its "
+                          "permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line} cannot be "
+                          "decoded); save the file as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        place = str(e).replace('"<unicode string>"', str(path))
+        hint = "indent with spaces: YAML does not allow tabs" if "'\\t'" in place else \
+            "fix the file at the line and column shown"
+        raise ConfigError(f"{path}: not valid YAML: {place}\n{hint}") from None
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
@@ -664,6 +822,6 @@ def load_config(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} does not exist")
     raw = read_yaml(path)
     try:
-        return validate_config(raw or {})
+        return validate_config(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

@@ -1,6 +1,8 @@
 # segbench: datasets -> training -> evaluation -> profiles -> MLflow -> study reports.
 # The default run:   snakemake --cores all          (config.yaml, embedded synthetic data)
 # Another config:    snakemake --cores all --configfile workflow/configs/paper.yaml
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -15,6 +17,11 @@ if not workflow.overwrite_configfiles:
 
 
 report: "workflow/report/workflow.rst"
+
+
+# every job learns this snakemake's pid: training stops when it is gone (engine/train.py;
+# in a SLURM job, the job's own snakemake re-reads this file and puts its own pid)
+os.environ["SEGBENCH_WORKFLOW_PID"] = str(os.getpid())
 
 
 include: "workflow/rules/common.smk"

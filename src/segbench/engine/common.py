@@ -21,6 +21,14 @@ so it is device 0. When a job sees several GPUs (a local multi-GPU machine, wher
 exclusive ``flock`` on ``$SEGBENCH_GPU_LOCK_DIR/gpu-<uuid>.lock`` (default a per-user folder
 in the temp dir), held until the process exits, so N concurrent jobs land on N different
 GPUs. ``SEGBENCH_DEVICE=cpu`` (or ``cuda:1``) overrides the choice.
+
+The workflow that started a job
+-------------------------------
+The Snakefile puts its own process id into ``SEGBENCH_WORKFLOW_PID`` (inherited by every job
+it starts; in a SLURM job the job's own snakemake sets it). :class:`WorkflowWatch` tells a
+long job when that process is gone (killed snakemake, closed terminal), so training stops
+instead of running on unwatched beside the next run's trainer. Unset (a step run by hand):
+nothing is watched.
 """
 
 from __future__ import annotations
@@ -28,9 +36,12 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
+
+from segbench.errors import UserError
 
 # The lock file of the GPU this process claimed; kept open (and locked) until exit.
 _GPU_CLAIM = None
@@ -182,3 +193,69 @@ def progress_kwargs(enabled: bool = True) -> dict:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------ the workflow that started this job
+#: the environment variable the Snakefile sets to its process id
+WORKFLOW_PID_ENV = "SEGBENCH_WORKFLOW_PID"
+
+
+class WorkflowWatch:
+    """Whether the process named by ``$SEGBENCH_WORKFLOW_PID`` (the snakemake that started
+    this job) still runs. It is told apart from a later process that got the same pid by its
+    start time (``/proc/<pid>/stat``); a zombie counts as gone. :meth:`gone` looks at most
+    every ``every`` seconds, so calling it per training step costs nothing."""
+
+    def __init__(self, pid: int | None, every: float = 1.0):
+        self.pid, self.every = pid, every
+        self.start = process_start(pid) if pid else None
+        self._next_look = 0.0
+
+    @classmethod
+    def from_env(cls) -> "WorkflowWatch":
+        raw = os.environ.get(WORKFLOW_PID_ENV, "").strip()
+        if not raw:
+            return cls(None)
+        if not raw.isdigit() or int(raw) <= 0:
+            raise UserError(f"{WORKFLOW_PID_ENV}={raw!r} is not a process id; the Snakefile sets it to "
+                            "snakemake's pid. Unset it to run this step by hand")
+        return cls(int(raw))
+
+    def gone(self) -> str | None:
+        """None while the workflow runs (or none is watched, or it was looked at less than
+        ``every`` seconds ago); else a sentence saying it is gone."""
+        if self.pid is None:
+            return None
+        now = time.monotonic()
+        if now < self._next_look:
+            return None
+        self._next_look = now + self.every
+        start = process_start(self.pid)
+        if start is not None and start == self.start:
+            return None
+        return (f"the workflow that started this job (snakemake, pid {self.pid} from ${WORKFLOW_PID_ENV}) "
+                "is gone")
+
+
+def process_start(pid: int) -> str | None:
+    """An identity of the running process ``pid``: its start time (in clock ticks since boot)
+    from ``/proc/<pid>/stat``; None when no such process runs or it is a zombie. Without
+    /proc (not Linux) the identity is just "exists"."""
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "running"
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ... starttime(22nd field) ...": comm may hold spaces and ')'
+    fields = stat[stat.rfind(")") + 2:].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]

@@ -29,6 +29,23 @@ last complete checkpoint ("resuming ... after epoch k" in the log). A checkpoint
 be read (truncated by a full disk, say) or that no longer fits the model is moved aside to
 ``ckpt/last.pt.corrupt`` with a warning naming it, and the run starts from scratch.
 
+A full disk: before a checkpoint or ``model.pt`` is written, the free space is compared with
+the size of its tensors, and a write that still fails for want of space (ENOSPC, EDQUOT)
+becomes the same :class:`DiskFull` error: "no space left on device at <path>: N MB needed,
+M MB free; ...". The previous checkpoint is kept (the write is atomic).
+
+One trainer per run directory (:func:`run_dir_lock`): ``train.lock`` in the run directory
+is held with ``flock`` for the life of the training and names its holder (pid, host, start
+time). A second trainer on the same directory stops at once with :class:`RunDirBusy` naming
+the holder; a lock file left by a killed trainer is no longer held (the kernel releases a
+dead process's flock) and is taken over with a note. A training that ends, with its outputs
+or with an error, removes the file.
+
+Training ends with its workflow (:class:`segbench.engine.common.WorkflowWatch`): when the
+snakemake named by ``$SEGBENCH_WORKFLOW_PID`` is gone, the next training step (looked at
+every second) stops the job with :class:`WorkflowGone`, keeping the last checkpoint, which a
+rerun resumes from. Unset (training run by hand): nothing is watched.
+
 Non-finite losses (``train.on_nonfinite``, :class:`NonFinitePolicy`): ``stop`` (default)
 ends the job with :class:`NonFiniteLoss`, naming the global step, the epoch, the batch's
 image files and the last good checkpoint; ``skip`` drops such a batch (no optimizer, scaler
@@ -40,12 +57,19 @@ more than :data:`MAX_SKIPPED_FRACTION` of an epoch's batches are skipped.
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import io
+import json
 import math
 import os
+import shutil
+import socket
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -55,7 +79,7 @@ from segbench import IGNORE_INDEX
 from segbench.data import DataError
 from segbench.data.dataset import SegmentationDataset, pad_collate, seed_worker
 from segbench.data.transforms import train_transform
-from segbench.engine.common import job_cpus, progress_kwargs, setup_torch, use_channels_last
+from segbench.engine.common import WorkflowWatch, job_cpus, progress_kwargs, setup_torch, use_channels_last
 from segbench.errors import UserError
 from segbench.io import atomic_path, read_json, remove_stale_temps, write_json, write_text
 from segbench.losses import build_loss
@@ -73,10 +97,25 @@ MAX_SKIPPED_FRACTION = 0.1
 #: the keys of a complete ``ckpt/last.pt``
 CHECKPOINT_KEYS = ("epoch", "config_hash", "model", "optimizer", "scheduler", "scaler", "history")
 
+#: the lock file in the run directory that a running trainer holds (:func:`run_dir_lock`)
+LOCK_NAME = "train.lock"
+
 
 class NonFiniteLoss(UserError, RuntimeError):
     """A NaN or infinite training loss (the message names the step, the epoch, the batch's
     files and the last good checkpoint)."""
+
+
+class RunDirBusy(UserError):
+    """Another process is training the same run directory (the message names it)."""
+
+
+class WorkflowGone(UserError):
+    """The snakemake that started this training is gone; the last checkpoint is kept."""
+
+
+class DiskFull(UserError):
+    """No space left for a checkpoint or output (the message names the path and the sizes)."""
 
 
 # ------------------------------------------------------------------ the run
@@ -84,15 +123,16 @@ def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads:
               progress: bool = True) -> dict:
     """Train the run ``spec`` on the prepared data in ``data_dir`` into ``out_dir`` (resuming
     from its checkpoint there, if any); returns the record written to run.json."""
-    run = setup(spec, Path(data_dir), Path(out_dir), threads=threads, progress=progress)
-    history = resume(run)
-    start_epoch = len(history)
-    print(run.summary(), flush=True)
-    t_start = time.time()
-    for epoch in range(start_epoch, run.epochs):
-        history.append(train_epoch(run, epoch))
-        checkpoint(run, history)
-    return write_outputs(run, history, resumed_from=start_epoch, wall_seconds=time.time() - t_start)
+    with run_dir_lock(Path(out_dir)):
+        run = setup(spec, Path(data_dir), Path(out_dir), threads=threads, progress=progress)
+        history = resume(run)
+        start_epoch = len(history)
+        print(run.summary(), flush=True)
+        t_start = time.time()
+        for epoch in range(start_epoch, run.epochs):
+            history.append(train_epoch(run, epoch))
+            checkpoint(run, history)
+        return write_outputs(run, history, resumed_from=start_epoch, wall_seconds=time.time() - t_start)
 
 
 @dataclass
@@ -122,6 +162,7 @@ class Training:
     needs_embeddings: bool = False
     nonfinite: NonFinitePolicy | None = None
     pretrained: dict | None = None
+    watch: WorkflowWatch | None = None   # the snakemake that started this job, if any
 
     @property
     def train(self) -> dict:
@@ -170,11 +211,80 @@ class Training:
                 f"{'' if on_nonfinite == 'stop' else f', on_nonfinite={on_nonfinite}'}")
 
 
+# ------------------------------------------------------------------ one trainer per run directory
+@contextmanager
+def run_dir_lock(out_dir: Path):
+    """Hold ``<out_dir>/train.lock`` (an exclusive ``flock``) for the block, the file naming
+    this process; raise :class:`RunDirBusy` at once when another process holds it. A lock
+    file nobody holds but that names a process was left by a killed trainer: taken over with
+    a note. The file is removed when the block ends (returns or raises)."""
+    path = out_dir / LOCK_NAME
+    out_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        fh = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(_read_all(fh))
+            fh.close()
+            raise RunDirBusy(
+                f"{out_dir} is being trained by another process: {holder} (lock file {path}). Wait "
+                "for it to finish, or stop it (kill that pid on that host) and run again: a rerun resumes "
+                "from its last checkpoint") from None
+        # a holder removes the file before letting go: if that happened after our open, the
+        # lock we got is on the removed file, so open the new one
+        if _same_file(path, fh):
+            break
+        fh.close()
+    try:
+        previous = _read_all(fh)
+        if previous.strip():
+            print(f"note: taking over {path}, left by {_lock_holder(previous)}, which no longer runs "
+                  "(a killed trainer)", flush=True)
+        content = {"pid": os.getpid(), "host": socket.gethostname(),
+                   "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        with _space_needed(path, 200):
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps(content) + "\n")
+            fh.flush()
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # while still holding the lock: no other trainer has it
+        fh.close()
+
+
+def _read_all(fh) -> str:
+    fh.seek(0)
+    return fh.read()
+
+
+def _same_file(path: Path, fh) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    ours = os.fstat(fh.fileno())
+    return (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _lock_holder(text: str) -> str:
+    """Who a lock file's ``text`` names: "pid P on host H, since T"."""
+    if not text.strip():
+        return "a process that has not written its pid yet (it is starting)"
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']} on host {holder['host']}, since {holder['started']}"
+    except (ValueError, TypeError, KeyError):
+        return f"a process the lock file does not name (it holds {text[:200]!r})"
+
+
 # ------------------------------------------------------------------ set-up
 def setup(spec: dict, data_dir: Path, out_dir: Path, *, threads: int | None = None,
           progress: bool = True) -> Training:
     """Device, data and loaders, model, loss, optimiser and scheduler of the run ``spec``."""
     tr = spec["train"]
+    watch = WorkflowWatch.from_env()
     device = setup_torch(threads or tr.get("threads"))
     meta = read_json(data_dir / "meta.json")
     if int(meta["num_classes"]) != spec["dataset"]["num_classes"]:
@@ -200,7 +310,7 @@ def setup(spec: dict, data_dir: Path, out_dir: Path, *, threads: int | None = No
                                                  drop_last=True, generator=gen, **loader_kw),
         val_loader=torch.utils.data.DataLoader(val_ds, batch_size=spec["eval"]["batch_size"], shuffle=False,
                                                collate_fn=pad_collate, **loader_kw),
-        generator=gen, workers=workers, init_rng=torch.get_rng_state(), progress=progress)
+        generator=gen, workers=workers, init_rng=torch.get_rng_state(), progress=progress, watch=watch)
     run.build()
     run.pretrained = getattr(run.model, "pretrained_info", None)  # ImageNet backbone weights (params.pretrained)
     if run.pretrained:
@@ -340,6 +450,7 @@ def train_epoch(run: Training, epoch: int) -> dict:
     bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{run.epochs}", unit="batch",
                **progress_kwargs(run.progress))
     for step, (images, labels, idx) in enumerate(bar):
+        _stop_if_workflow_gone(run, epoch, step)
         images, labels = _to_device(images, labels, run.device, run.channels_last)
         run.nonfinite.before_forward(run.model)
         with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.amp):
@@ -373,6 +484,21 @@ def train_epoch(run: Training, epoch: int) -> dict:
         f"{k}={v:.4f}" for k, v in row.items() if k not in ("epoch", "time") and isinstance(v, float)
         and not math.isnan(v)), flush=True)
     return row
+
+
+def _stop_if_workflow_gone(run: Training, epoch: int, step: int) -> None:
+    """Raise :class:`WorkflowGone` when the snakemake that started this job is gone."""
+    gone = run.watch.gone()
+    if gone is None:
+        return
+    if epoch > 0:
+        kept = (f"the last checkpoint, {run.ckpt_path} (after epoch {epoch} of {run.epochs}), is kept: "
+                "a rerun resumes from it")
+    else:
+        kept = "no epoch had finished, so there is no checkpoint yet: a rerun starts this run again"
+    raise WorkflowGone(
+        f"{gone}: stopping training at batch {step + 1}/{run.steps_per_epoch} of epoch {epoch + 1}/{run.epochs} "
+        f"so that no trainer runs unwatched. {kept} (`snakemake --unlock`, then the same snakemake command)")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -484,17 +610,78 @@ def checkpoint(run: Training, history: list[dict]) -> None:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    _save_torch(path, state)
+
+
+def _save_torch(path: Path, obj) -> None:
+    """``torch.save(obj)`` to ``path``, atomically, first checking there is room for it
+    (:func:`_save_size`); a full disk raises :class:`DiskFull` and leaves the previous file in place.
+    (Written through a Python file object: torch's own file writer reports a full disk as
+    "basic_ios::clear: iostream error", losing the reason.)"""
+    with _space_needed(path, _save_size(obj)):
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+
+def _save_size(obj) -> int:
+    """About the size of ``torch.save(obj)``'s file: the bytes of the tensors in ``obj`` (nested
+    dicts, lists, tuples), plus the zip and pickle entries, about 300 bytes a tensor (measured
+    on a checkpoint here: within 1% of the file's size)."""
+    return 4096 + sum(t.numel() * t.element_size() + 320 for t in _tensors(obj))
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+@contextmanager
+def _space_needed(path: Path, needed: int):
+    """Raise :class:`DiskFull` before the block when the file system of ``path`` has less than
+    ``needed`` bytes free, and instead of the block's OSError when it runs out of space (ENOSPC,
+    or EDQUOT: the user's quota) while writing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise DiskFull(_no_space(path, needed, free, "no space left on device"))
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        code = _space_errno(e)
+        if code is None:
+            raise
+        reason = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
+        raise DiskFull(_no_space(path, needed, shutil.disk_usage(path.parent).free, reason)) from e
+
+
+def _space_errno(e: BaseException) -> int | None:
+    """ENOSPC or EDQUOT when ``e`` (or the error it arose from) is one, else None."""
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err.errno
+    return None
+
+
+def _no_space(path: Path, needed: int, free: int, reason: str) -> str:
+    return (f"{reason} at {path}: {needed / 1e6:.2f} MB needed, {free / 1e6:.2f} MB free; free space there "
+            "or move the results (the config's `results:`) to a larger disk, then rerun: training resumes "
+            "from its last complete checkpoint")
 
 
 # ------------------------------------------------------------------ outputs
 def write_outputs(run: Training, history: list[dict], *, resumed_from: int, wall_seconds: float) -> dict:
     """The declared outputs: ``model.pt``, ``history.csv`` and, last of all, ``run.json``
     (whose record is returned)."""
-    with atomic_path(run.out_dir / "model.pt") as tmp:
-        torch.save(run.model.state_dict(), tmp)
-    write_text(run.out_dir / "history.csv", _history_csv(history))
+    _save_torch(run.out_dir / "model.pt", run.model.state_dict())
+    text = _history_csv(history)
+    with _space_needed(run.out_dir / "history.csv", len(text)):
+        write_text(run.out_dir / "history.csv", text)
     spec = run.spec
     record = {
         "run_key": spec["run_key"], "dataset": spec["dataset"]["name"], "model": spec["model"]["name"],
@@ -507,7 +694,8 @@ def write_outputs(run: Training, history: list[dict], *, resumed_from: int, wall
         "train_seconds": sum(r["epoch_seconds"] for r in history),
         "resumed_from_epoch": resumed_from or None, "wall_seconds_this_job": wall_seconds,
     }
-    write_json(run.out_dir / "run.json", record)
+    with _space_needed(run.out_dir / "run.json", len(json.dumps(record))):
+        write_json(run.out_dir / "run.json", record)
     return record
 
 

@@ -7,6 +7,7 @@ through the server's own code.
 """
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -75,14 +76,18 @@ def reference(run_dir):
 @pytest.fixture(scope="module")
 def server(run_dir, tmp_path_factory):
     """`segbench serve RUN --port 0` as a subprocess on 127.0.0.1, with TMPDIR in a folder we watch."""
-    base = tmp_path_factory.mktemp("server")
-    tmp = base / "tmp"
-    tmp.mkdir()
+    yield from _serving(run_dir, tmp_path_factory.mktemp("server"))
+
+
+def _serving(run_dir, base, *options, tmp=None):
+    tmp = tmp or base / "tmp"
+    tmp.mkdir(exist_ok=True)
+    base.mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TMPDIR=str(tmp), SEGBENCH_NO_PROGRESS="1")
     out, err = open(base / "stdout", "w+"), open(base / "stderr", "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "segbench", "serve", str(run_dir), "--host", "127.0.0.1", "--port", "0",
-         "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-pixels", str(MAX_PIXELS), "--threads", "1"],
+         "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-pixels", str(MAX_PIXELS), "--threads", "1", *options],
         stdout=out, stderr=err, env=env, cwd=base)
     url = None
     deadline = time.time() + 90
@@ -136,7 +141,7 @@ def post(server, data: bytes, path="/api/segment", name="image.png", **params):
 
 
 def mask_of(response) -> np.ndarray:
-    body = response.json()
+    body = response.json() if callable(response.json) else response.json  # requests, or Flask's test client
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png"]))))
 
 
@@ -313,8 +318,14 @@ def _fake_study(tmp_path) -> Path:
         run = results / "runs" / key
         run.mkdir(parents=True)
         (run / "model.pt").write_bytes(b"")
-        if miou is not None:
-            (run / "metrics.json").write_text(json.dumps({"mIoU": miou}))
+        dataset, model, loss, seed = key.split("/")
+        (run / "run.json").write_text(json.dumps({
+            "run_key": key, "dataset": dataset, "model": model, "loss": loss, "seed": int(seed[1:]),
+            "config": {}, "num_classes": 2, "class_names": ["x", "y"], "epochs": 1}))
+        if miou is not None:  # metrics.json in the layout of docs/outputs.md
+            (run / "metrics.json").write_text(json.dumps({
+                "run_key": key, "mIoU": miou, "aAcc": 0.9, "mAcc": 0.8, "mDice": 0.7, "IoU": [miou, miou],
+                "class_names": ["x", "y"], "num_images": 2, "input_size": [8, 8]}))
     return results
 
 
@@ -342,10 +353,11 @@ def test_cli_refuses_bad_choices(tmp_path):
     assert proc.returncode == 2 and "summary.csv does not exist" in proc.stderr
     proc = _segbench("serve", str(tmp_path / "no-run"), "--port", "0")
     assert proc.returncode == 2 and "run.json is missing" in proc.stderr
-    results = _fake_study(tmp_path)  # its best run has no run.json: chosen, then refused
+    results = _fake_study(tmp_path)
+    (results / "runs" / "d/b/ce/s0" / "run.json").unlink()  # its best run has metrics but no run.json
     proc = _segbench("serve", "--study", "s", "--results", str(results), "--port", "0")
-    assert "* d/b/ce/s0: val mIoU 0.5200" in proc.stdout and "d/c/ce/s0: no metrics" in proc.stdout
     assert proc.returncode == 2 and f"{results}/runs/d/b/ce/s0/run.json is missing" in proc.stderr
+    assert "train step" in proc.stderr
 
 
 def test_checkpoint_is_loaded_as_weights_only(run_dir, tmp_path):
@@ -371,3 +383,213 @@ class _Payload:
 
     def __reduce__(self):
         return (Path.touch, (Path(self.path),))
+
+
+# ------------------------------------------------------------------ the cost of a request (issue 18)
+def _padded(side: int) -> int:
+    return -(-side // 32) * 32
+
+
+def test_narrow_image_is_refused_by_the_padded_size(server):
+    """A 1-pixel-high strip passes --max-pixels as uploaded but the model would run on it 32
+    times larger: refused from the header, before decoding, and the server goes on."""
+    w = 150_000  # 150,000 pixels <= 200,000; padded: 32 x 150,016 = 4,800,512
+    r = post(server, png(np.zeros((1, w), np.uint8)))
+    assert r.status_code == 413, r.text
+    message = r.json()["error"]
+    padded = 32 * _padded(w)
+    for words in (f"{w}x1 ({w:,} pixels)", f"padded to {_padded(w)}x32 ({padded:,} pixels",
+                  f"limit of {MAX_PIXELS:,} pixels", "--max-pixels", "crop or downscale"):
+        assert words in message, message
+    # the boundary, on the padded size: 32 x 6,240 = 199,680 is served, 32 x 6,272 = 200,704 is not
+    ok = post(server, png(np.full((1, 6240), 120, np.uint8)))
+    assert ok.status_code == 200 and (ok.json()["width"], ok.json()["height"]) == (6240, 1)
+    assert mask_of(ok).shape == (1, 6240)
+    over = post(server, png(np.full((1, 6241), 120, np.uint8)))
+    assert over.status_code == 413 and "200,704 pixels" in over.json()["error"]
+
+
+def test_a_killed_servers_spool_folder_is_removed_by_the_next_server(run_dir, tmp_path):
+    """SIGKILL leaves the server no time to remove its spool folder; the next `segbench serve`
+    with the same TMPDIR removes it (its owner's pid no longer runs) and says so."""
+    tmp = tmp_path / "tmp"
+    first = _serving(run_dir, tmp_path / "first", tmp=tmp)
+    srv = next(first)
+    srv["proc"].kill()
+    srv["proc"].wait()
+    left = list(tmp.iterdir())
+    assert [p.name.startswith(f"segbench-serve-{srv['proc'].pid}-") for p in left] == [True], left
+    second = _serving(run_dir, tmp_path / "second", tmp=tmp)
+    next(second)
+    assert not left[0].exists()
+    assert f"removed {left[0]}, left by process {srv['proc'].pid} which is gone" in \
+        (tmp_path / "second" / "stderr").read_text()
+    for server in (second, first):  # resumed: SIGTERM by pid, then asserts that TMPDIR is empty
+        with pytest.raises(StopIteration):
+            next(server)
+
+
+def test_cli_max_memory_refuses_with_the_sizes(run_dir, tmp_path, val_image):
+    """`segbench serve --max-memory 2M`: a 16x16 image is served, the 64x128 image (estimated
+    a few MB for the width-4 U-Net) is refused with its sizes, the estimate and the limit."""
+    with contextlib.contextmanager(_serving)(run_dir, tmp_path, "--max-memory", "2M") as srv:
+        info = requests.get(srv["url"] + "/api/info", timeout=10).json()
+        assert info["limits"]["max_memory_bytes"] == 2 * 2**20
+        assert info["limits"]["max_memory_source"] == "serve --max-memory"
+        assert "measured at 256x256" in info["memory_estimate"]["calibration"]
+        small = post(srv, png(val_image[:16, :16]))
+        assert small.status_code == 200, small.text
+        r = post(srv, png(val_image))
+        assert r.status_code == 413, r.text
+        message = r.json()["error"]
+        for words in ("128x64 (8,192 pixels)", "padded to 128x64", "needs an estimated", "MiB of memory",
+                      "limit of 2.00 MiB per request (serve --max-memory)",
+                      "or start the server with a larger --max-memory"):
+            assert words in message, message
+        assert requests.get(srv["url"] + "/api/info", timeout=10).status_code == 200
+    proc = _segbench("serve", str(run_dir), "--port", "0", "--max-memory", "lots")
+    assert proc.returncode == 2 and "--max-memory 'lots': give a positive size with a unit" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def segmenter(run_dir):
+    from segbench.serve.inference import Segmenter
+
+    return Segmenter(run_dir)
+
+
+class _CountingModel(torch.nn.Module):
+    """The run's model, counting its calls; the first ``fail`` calls ask torch for 4 EiB first."""
+
+    def __init__(self, model, fail=0):
+        super().__init__()
+        self.model, self.calls, self.fail = model, 0, fail
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls <= self.fail:
+            torch.empty(2**62, dtype=torch.uint8)  # a real allocation failure of torch's CPU allocator
+        return self.model(x)
+
+
+def _client(segmenter, monkeypatch, limits=None, fail=0):
+    from segbench.serve.app import create_app
+
+    counting = _CountingModel(segmenter.model, fail)
+    monkeypatch.setattr(segmenter, "model", counting)
+    return create_app(segmenter, limits).test_client(), counting
+
+
+def _post_client(client, data: bytes, path="/api/segment"):
+    return client.post(path, data={"image": (io.BytesIO(data), "image.png")}, content_type="multipart/form-data")
+
+
+def test_issue_18_strip_of_8_million_pixels_is_refused_before_decoding(segmenter, monkeypatch):
+    """The issue's upload: a 1 x 8,000,000 greyscale PNG of a few kB, under the default
+    --max-pixels as uploaded, 256,000,000 pixels padded: 413 from the header, nothing run."""
+    import segbench.serve.inference as inference
+    from segbench.serve.inference import DEFAULT_MAX_PIXELS
+
+    data = png(np.zeros((1, 8_000_000), np.uint8))
+    assert len(data) < 20_000 and 8_000_000 <= DEFAULT_MAX_PIXELS
+    decoded, to_rgb = [], inference._to_rgb
+    monkeypatch.setattr(inference, "_to_rgb", lambda im, *a: decoded.append(im.size) or to_rgb(im, *a))
+    client, model = _client(segmenter, monkeypatch)
+    r = _post_client(client, data)
+    assert r.status_code == 413 and model.calls == 0 and decoded == []
+    assert r.json["error"].startswith("the image is 8000000x1 (8,000,000 pixels); the model runs on it padded to "
+                                      "8000000x32 (256,000,000 pixels")
+    assert f"limit of {DEFAULT_MAX_PIXELS:,} pixels (serve --max-pixels)" in r.json["error"]
+    assert _post_client(client, png(np.zeros((1, 100), np.uint8))).status_code == 200  # still serving
+    assert decoded == [(100, 1)] and model.calls == 1
+
+
+def test_memory_budget_is_checked_before_running(segmenter, monkeypatch, val_image, reference):
+    from segbench.serve.inference import Limits
+
+    h, w = val_image.shape[:2]
+    limit = segmenter.estimate_bytes(h, w) - 1  # the 64x128 image is just over, 64x64 well under
+    client, model = _client(segmenter, monkeypatch, Limits(max_memory_bytes=limit))
+    r = _post_client(client, png(val_image))
+    assert r.status_code == 413 and model.calls == 0, r.get_data(as_text=True)
+    assert "needs an estimated" in r.json["error"] and "--max-memory" in r.json["error"]
+    r = _post_client(client, png(np.ascontiguousarray(val_image[:, :64])))
+    assert r.status_code == 200 and model.calls == 1
+    assert np.array_equal(mask_of(r), reference(np.ascontiguousarray(val_image[:, :64])))
+    info = client.get("/api/info").json
+    assert info["limits"]["max_memory_bytes"] == limit
+
+
+def _status_kib(key):
+    return int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith(key)).split()[1])
+
+
+def test_estimate_covers_the_measured_peak(segmenter, monkeypatch, val_image):
+    """The estimate of a 250x600 request (the server pads it to 256x608) is at least the peak
+    RSS this process rises by while the test client serves it, measured here from
+    /proc/self/status (VmHWM reset through /proc/self/clear_refs)."""
+    import ctypes
+
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pytest.skip("/proc/self/clear_refs cannot be written here: the peak RSS cannot be reset")
+    client, _ = _client(segmenter, monkeypatch)
+    image = np.ascontiguousarray(np.resize(val_image, (250, 600, 3)))
+    data = png(image)
+    assert _post_client(client, data, "/api/segment.png?kind=overlay").status_code == 200  # warm-up
+    ctypes.CDLL(None).malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS:")
+    r = _post_client(client, data, "/api/segment?images=1")
+    rise = (_status_kib("VmHWM:") - before) * 1024
+    assert r.status_code == 200
+    estimate = segmenter.estimate_bytes(250, 600)
+    assert 0 < rise <= estimate, f"measured {rise:,} bytes, estimated {estimate:,}"
+
+
+def test_out_of_memory_is_a_503_and_the_next_request_succeeds(segmenter, monkeypatch, val_image, reference):
+    client, model = _client(segmenter, monkeypatch, fail=1)
+    r = _post_client(client, png(val_image))
+    assert r.status_code == 503, r.get_data(as_text=True)
+    message = r.json["error"]
+    assert "ran out of memory" in message and "can't allocate memory" in message and "128x64" in message
+    assert "goes on serving" in message
+    r = _post_client(client, png(val_image))
+    assert r.status_code == 200 and model.calls == 2
+    assert np.array_equal(mask_of(r), reference(val_image))
+
+
+def test_requests_are_processed_one_at_a_time(segmenter, monkeypatch, val_image):
+    """Two uploads sent together: the second is decoded only after the first is encoded."""
+    import threading
+
+    import segbench.serve.app as app_module
+
+    events, lock = [], threading.Lock()
+
+    def traced(name, function):
+        def call(*args, **kwargs):
+            with lock:
+                events.append(("start", name))
+            try:
+                return function(*args, **kwargs)
+            finally:
+                with lock:
+                    events.append(("end", name))
+        return call
+
+    monkeypatch.setattr(app_module, "decode_image", traced("decode", app_module.decode_image))
+    monkeypatch.setattr(app_module, "mask_png", traced("encode", app_module.mask_png))
+    client, _ = _client(segmenter, monkeypatch)
+    data = png(np.ascontiguousarray(np.resize(val_image, (256, 512, 3))))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(_post_client(client, data).status_code))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200, 200]
+    assert events == [("start", "decode"), ("end", "decode"), ("start", "encode"), ("end", "encode")] * 2

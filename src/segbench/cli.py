@@ -525,7 +525,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
     p.add_argument("--max-pixels", type=int, default=4096 * 2048,
-                   help="largest image in pixels, checked before decoding (default 8388608 = 4096x2048)")
+                   help="largest image in pixels, and largest padded image the model runs on, checked before "
+                   "decoding (default 8388608 = 4096x2048)")
+    p.add_argument("--max-memory", help="memory budget of one request, e.g. 2G or 1500M: an image whose estimated "
+                   "memory is larger is refused (413) (default: half the memory available at start-up)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
 
@@ -558,9 +561,10 @@ def cmd_serve(a) -> int:
             raise UserError(f"{Path(run_dir) / name} is missing: give a trained run's directory "
                             "(results/runs/DATASET/MODEL/LOSS/sSEED) or train it first")
     from segbench.serve.app import serve
-    from segbench.serve.inference import Limits
+    from segbench.serve.inference import Limits, parse_memory
 
-    limits = Limits(max_upload_bytes=int(a.max_upload_mb * 1_000_000), max_pixels=a.max_pixels)
+    limits = Limits(max_upload_bytes=int(a.max_upload_mb * 1_000_000), max_pixels=a.max_pixels,
+                    max_memory_bytes=parse_memory(a.max_memory) if a.max_memory else None)
     serve(run_dir, host=a.host, port=a.port, limits=limits, threads=a.threads)
     return 0
 

@@ -17,10 +17,13 @@ environment through MLflow) and Werkzeug's threaded WSGI server.
 An image is sent as the multipart field ``image`` (``curl -F image=@photo.jpg``) or as the
 raw request body (``curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg'``).
 Every refusal is JSON ``{"error": message}`` with a 4xx status (400 unreadable, 413 too
-large, 415 not a supported image); an unexpected failure is a 500 with the same shape, and
-the server goes on serving. Multipart uploads over 500 kB are spooled to a private
-temporary directory (``tempfile.mkdtemp``, removed when the server stops); nothing else is
-written to disk.
+large: the file, the pixels, the padded pixels or the estimated memory, 415 not a supported
+image); an allocation that fails all the same is a 503, an unexpected failure a 500, with the
+same shape, and the server goes on serving. Requests are decoded, segmented and encoded one
+at a time (a lock), so the memory of the requests in progress stays within one request's
+budget (``Limits.max_memory_bytes``). Multipart uploads over 500 kB are spooled to a private
+temporary directory (:func:`segbench.io.owned_tempdir`: removed when the server stops, or by
+the next server when this one was killed); nothing else is written to disk.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
 import traceback
 import weakref
 from importlib import resources
@@ -38,8 +42,10 @@ from pathlib import Path
 from flask import Flask, Request, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from segbench.serve.inference import (ImageRejected, Limits, Segmenter, color_mask, decode_image, mask_png,
-                                      overlay, png_bytes)
+from segbench.io import owned_tempdir
+from segbench.serve.inference import (REQUEST_BYTES_PER_PIXEL, SAFETY, ImageRejected, Limits, OutOfMemory, Segmenter,
+                                      color_mask, decode_image, format_bytes, is_out_of_memory, mask_png, overlay,
+                                      png_bytes, release_free_memory)
 from segbench.serve.best_run import best_run_of_study  # noqa: F401  (re-exported)
 
 MULTIPART_OVERHEAD = 64 * 1024  # room for the form's boundaries and headers above the file itself
@@ -56,9 +62,9 @@ STATIC_TYPES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javasc
 
 def create_app(segmenter: Segmenter, limits: Limits | None = None, tmpdir: str | Path | None = None) -> Flask:
     """The Flask app serving ``segmenter``. Multipart uploads spool into ``tmpdir``, which the
-    caller removes; when None, into a fresh ``tempfile.mkdtemp`` removed with the app."""
+    caller removes; when None, into a fresh :func:`segbench.io.owned_tempdir` removed with the app."""
     limits = limits or Limits()
-    spool_dir = str(tmpdir or tempfile.mkdtemp(prefix="segbench-serve-"))
+    spool_dir = str(tmpdir or owned_tempdir("segbench-serve-"))
 
     class UploadRequest(Request):
         max_content_length = limits.max_upload_bytes + MULTIPART_OVERHEAD
@@ -73,6 +79,7 @@ def create_app(segmenter: Segmenter, limits: Limits | None = None, tmpdir: str |
     if tmpdir is None:  # ours: removed with the app, or at exit
         weakref.finalize(app, shutil.rmtree, spool_dir, True)
     static_files = {name: _static(name) for name in STATIC_TYPES}
+    one_at_a_time = threading.Lock()  # decode + segment + encode: one request's memory at a time
 
     def error(message: str, status: int):
         return jsonify({"error": message, "status": status}), status
@@ -105,8 +112,28 @@ def create_app(segmenter: Segmenter, limits: Limits | None = None, tmpdir: str |
         return (f"{got} is larger than this server's limit of {limits.max_upload_bytes / 1e6:g} MB "
                 f"({limits.max_upload_bytes:,} bytes; serve --max-upload-mb): send a smaller file")
 
-    def decode_and_segment():
-        decoded = decode_image(read_upload(), limits.max_pixels)
+    def admit(h: int, w: int) -> None:
+        segmenter.admit(h, w, limits)
+
+    def run_heavy(work):
+        """``work(upload)`` (decode, segment, encode) under the lock; a failed allocation is a 503."""
+        upload = read_upload()
+        with one_at_a_time:
+            try:
+                return work(upload)
+            except (MemoryError, RuntimeError) as e:
+                if not is_out_of_memory(e):
+                    raise
+                traceback.print_exc(file=sys.stderr)
+                raise OutOfMemory(f"the server ran out of memory on this image ({type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); it goes on "
+                                  "serving: send a smaller image") from e
+            finally:
+                release_free_memory()  # the request's freed heap goes back to the system
+
+    def decode_and_segment(upload):
+        decoded = decode_image(upload, limits.max_pixels, admit)
+        admit(*decoded.rgb.shape[:2])  # the decoded size (the header's, possibly rotated by EXIF)
         mask, seconds = segmenter.segment(decoded.rgb)
         return decoded, mask, seconds
 
@@ -127,7 +154,10 @@ def create_app(segmenter: Segmenter, limits: Limits | None = None, tmpdir: str |
 
     @app.post("/api/segment")
     def segment_json():
-        decoded, mask, seconds = decode_and_segment()
+        return jsonify(run_heavy(segment_body))
+
+    def segment_body(upload) -> dict:
+        decoded, mask, seconds = decode_and_segment(upload)
         h, w = mask.shape
         body = {"run_key": segmenter.record.get("run_key"), "width": w, "height": h,
                 "input_format": decoded.format, "input_mode": decoded.mode, "notes": decoded.notes,
@@ -136,22 +166,29 @@ def create_app(segmenter: Segmenter, limits: Limits | None = None, tmpdir: str |
         if request.args.get("images") in ("1", "true", "yes"):
             body["input_png"] = base64.b64encode(png_bytes(decoded.rgb)).decode("ascii")
             body["color_png"] = base64.b64encode(png_bytes(color_mask(mask, segmenter.palette))).decode("ascii")
-        return jsonify(body)
+        return body
 
     @app.post("/api/segment.png")
     def segment_png():
         kind = request.args.get("kind", "mask")
         if kind not in ("mask", "overlay"):
             return error(f"kind={kind!r}: choose kind=mask (class ids, palettised) or kind=overlay", 400)
-        decoded, mask, seconds = decode_and_segment()
-        data = mask_png(mask, segmenter.palette) if kind == "mask" else png_bytes(
-            overlay(decoded.rgb, mask, segmenter.palette))
+
+        def work(upload):
+            decoded, mask, seconds = decode_and_segment(upload)
+            data = mask_png(mask, segmenter.palette) if kind == "mask" else png_bytes(
+                overlay(decoded.rgb, mask, segmenter.palette))
+            return decoded, data, seconds
+
+        decoded, data, seconds = run_heavy(work)
         headers = {"X-Segbench-Run": str(segmenter.record.get("run_key")), "X-Segbench-Seconds": f"{seconds:.4f}",
                    "X-Segbench-Notes": json.dumps(decoded.notes)}
         return Response(data, content_type="image/png", headers=headers)
 
     @app.errorhandler(ImageRejected)
     def rejected(e: ImageRejected):
+        if isinstance(e, OutOfMemory):
+            print(f"segbench serve: {e}", file=sys.stderr, flush=True)
         return error(str(e), e.status)
 
     @app.errorhandler(RequestEntityTooLarge)
@@ -206,7 +243,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits
     if threads:
         torch.set_num_threads(threads)
     segmenter = Segmenter(run_dir, "cpu")
-    spool_dir = tempfile.mkdtemp(prefix="segbench-serve-")
+    spool_dir = owned_tempdir("segbench-serve-")
     try:
         app = create_app(segmenter, limits, spool_dir)
         server = make_server(host, port, app, threaded=True)
@@ -215,6 +252,9 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits
               flush=True)
         print(f"  page: http://{shown}:{server.server_port}/   JSON: POST /api/segment   PNG: POST /api/segment.png"
               f"   limits: {app.config['LIMITS'].describe()}", flush=True)
+        print(f"  memory: {segmenter.bytes_per_padded_pixel:.0f} bytes per padded pixel ({segmenter.calibration}); "
+              f"a request's estimate = {SAFETY:g} x that x padded pixels + {REQUEST_BYTES_PER_PIXEL} x image pixels, "
+              f"refused over {format_bytes(app.config['LIMITS'].max_memory_bytes)}", flush=True)
         signal.signal(signal.SIGTERM, stop)
         try:
             server.serve_forever()

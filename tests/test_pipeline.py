@@ -28,11 +28,19 @@ def snakemake(workdir, *args, check=True):
     return proc
 
 
+#: the umask the pipeline runs under: a shared project folder's (group may write)
+UMASK = 0o002
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     wd = tmp_path_factory.mktemp("pipeline")
     (wd / "config.yaml").write_text(yaml.safe_dump(TINY))
-    snakemake(wd)
+    old = os.umask(UMASK)
+    try:
+        snakemake(wd)
+    finally:
+        os.umask(old)
     return wd
 
 
@@ -71,6 +79,58 @@ def test_mlflow_holds_one_run_per_study_and_run(workdir):
             history = client.get_metric_history(r.info.run_id, "val_mIoU")
             assert [m.step for m in history] == [1, 2]
             assert "final_mIoU" in r.data.metrics
+
+
+@pytest.mark.slow
+def test_result_files_follow_the_umask(workdir):
+    """Under umask 002 every file the pipeline writes is 0664 and every folder 0775 (as any
+    file the user writes), so colleagues and a tracking server running as another user can
+    read them; segbench's atomic writes once left every result 0600."""
+    res = workdir / "results"
+    modes = {p.relative_to(res).as_posix(): p.stat().st_mode & 0o777 for p in res.rglob("*") if not p.is_symlink()}
+    files = {k: m for k, m in modes.items() if (res / k).is_file()}
+    assert "runs/synthetic/unet/ce/s0/model.pt" in files and "studies/unet_segnet/tables/summary.csv" in files
+    assert {k: oct(m) for k, m in files.items() if m != 0o664} == {}
+    assert {k: oct(m) for k, m in modes.items() if k not in files and m != 0o775} == {}
+
+
+@pytest.mark.slow
+def test_a_run_file_deleted_by_hand_is_made_again(workdir, tmp_path):
+    """model.pt, history.csv and metrics.json removed by hand: snakemake plans their jobs
+    (it once said "Nothing to be done") and makes them again with the same content."""
+    import torch
+
+    wd = tmp_path / "copy"
+    shutil.copytree(workdir, wd, symlinks=True)
+    run = wd / "results/runs/synthetic/unet/ce/s0"
+    before = {name: (run / name).read_bytes() for name in ("history.csv", "metrics.json")}
+    model_before = torch.load(run / "model.pt", weights_only=True)
+    for name in ("model.pt", "history.csv", "metrics.json"):
+        (run / name).unlink()
+    plan = snakemake(wd, "-n")
+    out = plan.stdout + plan.stderr
+    import re
+
+    for rule in ("train", "evaluate"):  # the Job stats table: one job each, the unet run's
+        assert re.search(rf"^{rule}\s+1$", out, re.M), out
+    assert re.search(r"Missing output files: [^\n]*results/runs/synthetic/unet/ce/s0/model\.pt", out), out
+    snakemake(wd)
+    model_after = torch.load(run / "model.pt", weights_only=True)
+    assert model_after.keys() == model_before.keys()
+    assert all(torch.equal(model_after[k], model_before[k]) for k in model_before)
+
+    def results(text: str, drop: set) -> list:
+        import csv, io
+        rows = list(csv.DictReader(io.StringIO(text)))
+        return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+    assert results((run / "history.csv").read_text(), {"epoch_seconds", "time"}) == \
+        results(before["history.csv"].decode(), {"epoch_seconds", "time"})
+    drop = {"eval_seconds", "metric_mpixel_per_s"}
+    after_m = {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in drop}
+    before_m = {k: v for k, v in json.loads(before["metrics.json"]).items() if k not in drop}
+    assert json.dumps(after_m, sort_keys=True) == json.dumps(before_m, sort_keys=True)
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(wd, "-n"))
 
 
 @pytest.mark.slow

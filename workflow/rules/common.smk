@@ -20,8 +20,11 @@ from segbench.plan import Plan, Run
 
 try:
     for _f in workflow.configfiles:  # Snakemake's YAML reader keeps the last of duplicate keys
-        read_yaml(_f)
-    CFG = validate_config(config)  # against the schema of the package (segbench/schemas/)
+        read_yaml(_f)  # its errors name the file
+    try:
+        CFG = validate_config(config)  # against the schema of the package (segbench/schemas/)
+    except ConfigError as e:  # name the file(s) the config came from, as `segbench check-config` does
+        raise ConfigError(f"{' + '.join(map(str, workflow.configfiles)) or 'the config'}: {e}") from None
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
@@ -56,12 +59,24 @@ def report_runs(study):
     return [PLAN.report_run(study, r) for r in study_runs(study)]
 
 
+RUN_FILES = ("model.pt", "history.csv", "run.json", "metrics.json", "confusion.npy", "samples.npz")
+
+
 def all_outputs():
+    """Every file a user relies on, so that one deleted by hand is made again (Snakemake does
+    not recreate a missing file that is only an input of jobs whose outputs are up to date):
+    each dataset's prepared manifest and meta.json, each run's files, each profile, each
+    study's report and, with MLflow, each track record. Downloaded archives are left out: once
+    extracted and prepared they may be deleted to save space."""
     from segbench.report.outputs import study_outputs
 
-    # every file of every study's report (a file deleted by hand is made again)
     out = [f"{RESULTS}/studies/{s}/{rel}" for s in PLAN.studies
            for rel in study_outputs(PLAN.study_spec(s), report_runs(s))]
+    out += [f"{RESULTS}/data/{d}/{f}" for d in sorted({r.dataset for r in PLAN.runs})
+            for f in ("manifest.csv", "meta.json")]
+    out += [f"{PLAN.run_dir(r)}/{f}" for r in PLAN.runs for f in RUN_FILES]
+    out += sorted({PLAN.profile_path(r) for r in PLAN.runs})
     if MLFLOW:
+        out += [INIT_RECORD] + [f"{RESULTS}/mlflow/runs/{r.key}.json" for r in PLAN.runs]
         out += [f"{RESULTS}/mlflow/studies/{s}.json" for s in PLAN.studies]
     return out

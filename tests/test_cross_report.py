@@ -182,6 +182,7 @@ def test_cross_table_csv_by_hand(runs, tmp_path):
     assert u["mIoU_mean"] == pytest.approx(0.52) and u["mIoU_std"] == pytest.approx(0.04 / math.sqrt(2))
     assert u["aAcc_mean"] == pytest.approx(0.82) and u["aAcc_std"] == pytest.approx(0.04 / math.sqrt(2))
     assert u["mAcc_mean"] == pytest.approx(0.62) and u["mAcc_std"] == pytest.approx(0.04 / math.sqrt(2))
+    assert u["mDice_mean"] == pytest.approx(0.62) and u["mDice_std"] == pytest.approx(0.04 / math.sqrt(2))
     assert u["params"] == 31_000_000 and u["MACs"] == 50_000_000_000 and u["fps"] == 10.0 and u["MB"] == 124.0
     assert u["studies"] == "unet_segnet;gradnet"  # the cross study itself is not listed
     f = r.loc[("synthetic", "fastscnn", "ce")]
@@ -222,8 +223,11 @@ def test_cross_markdown(runs, tmp_path):
     assert "5 epochs" in text and "batch 4" in text and f"crop {H}x{W}" in text
     row = next(l for l in lines if l.startswith("| synthetic") and "| unet " in l and "| ce " in l)
     cells = [c.strip() for c in row.strip("|").split("|")]
+    header = [c.strip() for c in next(l for l in lines if l.startswith("| dataset")).strip("|").split("|")]
+    assert header[5:9] == ["mIoU (%)", "aAcc (%)", "mAcc (%)", "mDice (%)"]  # mDice as in the summaries
+    # mDice of each run is its mIoU + 0.1: 0.60 and 0.64 -> 62.00 ± 2.83
     assert cells == ["synthetic", "unet", "ce", "unet_segnet, gradnet", "2", "52.00 ± 2.83", "82.00 ± 2.83",
-                     "62.00 ± 2.83", "31.00M", "50.00G", "10.0", "124.0", "yes", "yes"]
+                     "62.00 ± 2.83", "62.00 ± 2.83", "31.00M", "50.00G", "10.0", "124.0", "yes", "yes"]
     seg = next(l for l in lines if "| segnet " in l)
     cells = [c.strip() for c in seg.strip("|").split("|")]
     assert cells[4:6] == ["1", "45.00"] and cells[-2:] == ["", ""]

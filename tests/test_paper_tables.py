@@ -1,6 +1,6 @@
 """The papers' tables (segbench.report.paper) on hand-written run directories.
 
-Every published figure asserted here is typed from REFERENCE.md §1 again (not read from the
+Every published figure asserted here is typed from the papers' tables again (not read from the
 registry), and every mean, std, difference and Δ is worked out by hand in the comments.
 The run directories follow docs/outputs.md; tests/test_report.py's ``make_run`` fixes the
 profile per model name and writes no training protocol, so this file has its own helper.
@@ -162,7 +162,7 @@ def test_gradnet_table3_rows_figures_and_seeds(tmp_path):
 
     t = read(tmp_path / "out" / "tables" / "paper_gradnet_t3.csv")
     assert list(t["method"]) == ["GraDNet", "Deep Snake", "UNet", "PANet", "FCIS", "ESE", "STS", "(not in paper)"]
-    # REFERENCE.md §1, GraDNet Table 3 (Cityscapes, 8 categories): AUC / fps / MB (MB as Table 2's)
+    # the GraDNet paper's Table 3 (Cityscapes, 8 categories): AUC / fps / MB (MB as Table 2's)
     assert nan_list(t["paper_AUC"]) == [88.6, 82.4, 78.4, 86.5, 79.4, 68.6, 63.2, None]
     assert nan_list(t["paper_fps"]) == [28.6, 14.6, 18.6, 17.5, 16.2, 18.7, 16.5, None]
     assert nan_list(t["paper_MB"]) == [22.1, 30.6, 28.7, 32.6, 26.1, 28.8, 32.1, None]
@@ -414,7 +414,7 @@ def test_frm_tables(tmp_path):
         "tables/paper_frm_t1.csv", "tables/paper_frm_t1.md", "tables/paper_frm_t2.csv", "tables/paper_frm_t2.md",
         "tables/paper_frm_t3.csv", "tables/paper_frm_t3.md", "tables/paper_tables.md"]
     t1 = read(out / "tables" / "paper_frm_t1.csv")
-    # REFERENCE.md §1, FRM Table 1, in the paper's row order (Ours last), then our extra run
+    # the FRM paper's Table 1, in the paper's row order (Ours last), then our extra run
     assert len(t1) == 12 and list(t1["in_paper"]) == [True] * 11 + [False]
     assert list(t1["method"][:11]) == [
         "SFNet (ResNet-18)", "SegFormer (MiT-B1, 1024x1024)", "NRD (ResNet-50)", "BiAlignNet (DFNet2)",
@@ -452,7 +452,7 @@ def test_frm_tables(tmp_path):
     assert t2.iloc[1]["ours"] == "van_fpn_ppm / ce_contrastive"
     assert t2.iloc[1]["diff_mIoU"] == pytest.approx(69 - 79.7) and t2.iloc[2]["seeds"] == 0
     t3 = read(out / "tables" / "paper_frm_t3.csv")
-    # REFERENCE.md §1, FRM Table 3 (BDD100K val, 1280x720), in the paper's row order
+    # the FRM paper's Table 3 (BDD100K val, 1280x720), in the paper's row order
     assert list(t3["method"]) == ["HANet (ResNet-101)", "SFNet (ResNet-18)", "PFnet (ResNet-50)", "Ours (VAN-S)"]
     assert list(t3["paper_mIoU"]) == [64.56, 60.6, 62.7, 64.9]
     assert nan_list(t3["paper_GMACs"]) == [None, 107.34, 302.1, 94.55]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
@@ -233,3 +234,121 @@ def test_report_does_not_import_torch_or_mlflow():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- curves and scale
+
+
+def _set_losses(run: dict, train: list[float], val: list[float]) -> None:
+    """Give the run's history.csv these train and val losses per epoch (other columns kept)."""
+    path = Path(run["run_dir"], "history.csv")
+    head, *rows = path.read_text().splitlines()
+    cols = head.split(",")
+    out = [head]
+    for row, t, v in zip(rows, train, val, strict=True):
+        cells = row.split(",")
+        cells[cols.index("train_loss")], cells[cols.index("val_loss")] = str(t), str(v)
+        out.append(",".join(cells))
+    path.write_text("\n".join(out) + "\n")
+
+
+@pytest.fixture
+def loss_runs(runs, tmp_path):
+    """unet/ce (two seeds), fastscnn/dice, unet/ce_contrastive (FRM's loss) and fastscnn/bal,
+    whose first epoch's train loss (25) is far above the rest (9 .. 8.2)."""
+    frm = make_run(tmp_path, "synthetic", "unet", "ce_contrastive", 0, RUNS[("unet", "ce", 0)])
+    frm["loss_spec"] = {"type": "ce_contrastive"}
+    bal = make_run(tmp_path, "synthetic", "fastscnn", "bal", 0, RUNS[("fastscnn", "dice", 0)])
+    bal["loss_spec"] = {"type": "bal"}
+    every = [*runs, frm, bal]
+    for run, train, val in zip(every, (
+            [1.3, 1.2, 1.0, 0.9], [1.25, 1.15, 1.0, 0.95], [0.9, 0.8, 0.75, 0.7], [8.6, 7.3, 7.0, 6.8],
+            [25.0, 9.0, 8.5, 8.2]), (
+            [1.35, 1.25, 1.1, 1.0], [1.3, 1.2, 1.1, 1.05], [0.92, 0.85, 0.8, 0.78], [1.5, 1.15, 0.97, 0.9],
+            [9.5, 9.2, 9.0, 8.8])):
+        _set_losses(run, train, val)
+    return every
+
+
+def _data_lines(ax):
+    return [l for l in ax.lines if l.get_gid() != "first-epoch-outside"]
+
+
+def test_curves_are_small_multiples_with_one_loss_per_axis(loss_runs, tmp_path):
+    fig = figures.curves_figure(loss_runs, title="Study demo: training curves")
+    # one row per model / loss (unet/ce's two seeds share a row), four panels each
+    axes = np.array(fig.axes).reshape(-1, 4)
+    assert axes.shape == (4, 4)
+    labels = [[ax.get_ylabel() for ax in row] for row in axes]
+    assert [r[0] for r in labels] == ["train loss\nCE", "train loss\nDice", "train loss\nCE + contrastive",
+                                      "train loss\nBAL"]
+    # FRM's val loss has no contrastive term, and its panel says so
+    assert [r[1] for r in labels] == ["val loss\nCE", "val loss\nDice", "val loss\nCE only", "val loss\nBAL"]
+    assert {r[2] for r in labels} == {"mIoU (%)"} and {r[3] for r in labels} == {"pixel accuracy (%)"}
+    # no axis holds two loss functions; FRM's train and val losses are two
+    for row in axes:
+        for ax in row[:2]:
+            assert len({l.get_gid() for l in _data_lines(ax)}) == 1, ax.get_ylabel()
+    frm_train, frm_val = ({l.get_gid() for l in _data_lines(ax)} for ax in axes[2, :2])
+    assert frm_train != frm_val
+    assert len(_data_lines(axes[0, 0])) == 2  # a line per seed
+    # one colour per loss, the same in every panel of its row, different between losses
+    colours = [{matplotlib.colors.to_hex(l.get_color()) for ax in row for l in _data_lines(ax)} for row in axes]
+    assert all(len(c) == 1 for c in colours) and len(set.union(*colours)) == 4
+    # shared axes: every mIoU panel alike; CE's train and val panels alike (one function),
+    # FRM's not
+    assert len({axes[i, 2].get_ylim() for i in range(4)}) == 1
+    assert axes[0, 0].get_ylim() == axes[0, 1].get_ylim()
+    assert axes[2, 0].get_ylim() != axes[2, 1].get_ylim()
+    # BAL's first epoch (25) does not squash its axis: it is marked at the top with its value
+    lo, hi = axes[3, 0].get_ylim()
+    assert 9.0 <= hi < 12 and lo <= 8.2
+    assert [l.get_gid() for l in axes[3, 0].lines].count("first-epoch-outside") == 1
+    assert "25" in [t.get_text() for t in axes[3, 0].texts]
+    # a first epoch near the rest stays inside the limits, unmarked
+    lo, hi = axes[0, 0].get_ylim()
+    assert lo <= 0.9 and hi >= 1.35 and all(l.get_gid() != "first-epoch-outside" for l in axes[0, 0].lines)
+    path = figures.training_curves(loss_runs, tmp_path / "curves.png")
+    w, h = png_size(path)
+    assert 1000 <= w <= 2000 and 600 <= h <= 1500, (w, h)
+    # a diverged epoch (inf, as history.csv writes it) is left out of the curve and the limits
+    _set_losses(loss_runs[2], [0.9, float("inf"), 0.75, 0.7], [0.92, 0.85, float("nan"), 0.78])
+    dice = np.array(figures.curves_figure(loss_runs).axes).reshape(-1, 4)[1]
+    assert [len(l.get_xdata()) for l in _data_lines(dice[0])] == [3]
+    assert all(np.isfinite(dice[0].get_ylim())) and dice[0].get_ylim()[1] < 1.0
+
+
+def test_report_summary_states_scale_and_marks_ablations(runs, tmp_path):
+    """`segbench report`: summary.md's line under the title gives the training scale; rows of
+    an ablation are marked in an `ablation` column, explained under the table."""
+    from segbench.cli import main
+
+    train = {"epochs": 4, "crop": [H, W], "batch_size": 2, "optimizer": "adamw", "lr": 0.002}
+    for run in runs:
+        path = Path(run["run_dir"], "run.json")
+        info = json.loads(path.read_text())
+        info["config"] = {"train": train}
+        path.write_text(json.dumps(info))
+    runs[0]["model_spec"] = runs[1]["model_spec"] = {"arch": "unet", "params": {"width": 16}}
+    runs[1]["groups"] = ["main", "widths"]
+    runs[2]["model_spec"], runs[2]["groups"] = {"arch": "fastscnn"}, ["widths"]
+    spec = {"name": "demo", "paper": None, "cross": False,
+            "ablations": {"widths": {"table": None, "description": ""}}}
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    out = tmp_path / "studies" / "demo"
+    assert main(["report", "demo", "--runs", f"@{tmp_path / 'runs.json'}", "--study-spec", json.dumps(spec),
+                 "--out", str(out)]) == 0
+    lines = (out / "tables" / "summary.md").read_text().splitlines()
+    assert lines[0].startswith("**Study `demo`**")
+    assert lines[2] == ("**Training scale:** 4 epochs, crop 24x48, batch 2, adamw lr 0.002. "
+                        "**Models:** unet (width 16); fastscnn (default params). **Seeds:** 0, 1.")
+    assert "`ablation`: the study's ablations" in "\n".join(lines)
+    header = next(l for l in lines if l.startswith("| dataset"))
+    assert [c.strip() for c in header.strip("|").split("|")][:6] == [
+        "dataset", "model", "loss", "seed", "ablation", "mIoU (%)"]
+    rows = [[c.strip() for c in l.strip("|").split("|")] for l in lines if l.startswith("| synthetic")]
+    assert [r[4] for r in rows[:3]] == ["—", "main, widths", "widths"]
+    # the mean ± std table marks them too (unet/ce: its first seed's groups)
+    assert [r[3] for r in rows[3:]] == ["—", "widths"]
+    html = (out / "tables" / "summary.html").read_text()
+    assert "main, widths" in html and "Training scale:" in html

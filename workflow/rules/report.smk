@@ -47,6 +47,28 @@ def _report_rule_inputs(study):
     return inputs
 
 
+# What `segbench report` needs to know of a study (its spec and its runs) goes to it in two
+# JSON files rather than as params: the Snakemake report shows each file's job params, and
+# JSON there is an unreadable wall of escaped quotes. This rule's params hold the JSON, so a
+# config change rewrites the files (Snakemake's params trigger) and so reruns the report.
+REPORT_INPUTS = f"{RESULTS}/studies/{{study}}/report_inputs"
+
+
+rule report_inputs:
+    output:
+        spec=f"{REPORT_INPUTS}/study.json",
+        runs=f"{REPORT_INPUTS}/runs.json",
+    params:
+        spec=lambda w: json.dumps(PLAN.study_spec(w.study), indent=1) + "\n",
+        runs=lambda w: json.dumps(report_runs(w.study), indent=1) + "\n",
+    localrule: True
+    run:
+        from segbench.io import write_text
+
+        write_text(output.spec, params.spec)
+        write_text(output.runs, params.runs)
+
+
 for _study in PLAN.studies:
 
     rule:
@@ -54,12 +76,12 @@ for _study in PLAN.studies:
             f"report_{rule_safe(_study)}"
         input:
             _report_rule_inputs(_study),
+            spec=REPORT_INPUTS.format(study=_study) + "/study.json",
+            runs=REPORT_INPUTS.format(study=_study) + "/runs.json",
         output:
             [_report_flag(_study, rel) for rel in study_outputs(PLAN.study_spec(_study), report_runs(_study))],
         params:
             study=_study,
-            spec=json.dumps(PLAN.study_spec(_study)),
-            runs=json.dumps(report_runs(_study)),
             out=f"{RESULTS}/studies/{_study}",
             augment=(f"--augment-data {RESULTS}/data/{augment_dataset(_study)}" if augment_dataset(_study) else ""),
         log:
@@ -73,5 +95,5 @@ for _study in PLAN.studies:
         conda:
             ENV
         shell:
-            "python -m segbench report {params.study} --study-spec {params.spec:q} --runs {params.runs:q} "
+            "python -m segbench report {params.study} --study-spec @{input.spec} --runs @{input.runs} "
             "--out {params.out} {params.augment} > {log} 2>&1"

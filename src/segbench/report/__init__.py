@@ -13,6 +13,7 @@ from __future__ import annotations
 _TABLES = {"collect_runs", "summary_table", "aggregate_seeds", "write_tables"}
 _FIGURES = {
     "training_curves",
+    "curves_figure",
     "speed_accuracy",
     "per_class_iou",
     "qualitative_grid",

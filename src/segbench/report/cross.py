@@ -6,7 +6,7 @@ Input: the cross study's runs, as dicts in the format ``tables.collect_runs`` re
 ``studies``, the studies a run belongs to, is used). Written under ``out_dir``:
 
 * ``tables/cross_study.csv`` — raw numbers, one row per (dataset, model, loss): seeds,
-  ``{mIoU,aAcc,mAcc}_{mean,std}`` (fractions, sample std over seeds, NaN for one seed),
+  ``{mIoU,aAcc,mAcc,mDice}_{mean,std}`` (fractions, sample std over seeds, NaN for one seed),
   params, MACs (counts), fps, MB, studies (``;``-separated), and the booleans
   ``pareto_macs`` / ``pareto_fps``: on the Pareto front of (max mIoU, min MACs) and of
   (max mIoU, max fps) within its dataset. Rows are in dataset order (first appearance),
@@ -58,7 +58,7 @@ from segbench.report.tables import (
 #: study a method "comes from"
 CROSS_STUDY = "cross_study"
 #: metrics of the cross-study table (fractions in [0, 1])
-CROSS_METRICS = ("mIoU", "aAcc", "mAcc")
+CROSS_METRICS = ("mIoU", "aAcc", "mAcc", "mDice")
 #: columns of cross_study.csv, in order
 CROSS_COLUMNS = (
     "dataset", "model", "loss", "seeds",

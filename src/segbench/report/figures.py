@@ -87,64 +87,174 @@ def _multi_dataset(runs: Sequence[Mapping[str, Any]]) -> bool:
 
 # --------------------------------------------------------------------------- curves
 
-_PANELS = (
-    ("loss", "loss", 1.0, "loss"),
-    ("mIoU", "mIoU", 100.0, "mIoU (%)"),
-    ("aAcc", "pixel accuracy", 100.0, "pixel accuracy (%)"),
+#: how the curves name a loss type (``losses.<name>.type``); another type shows as itself
+LOSS_NAMES = {"ce": "CE", "dice": "Dice", "focal": "focal", "bal": "BAL", "ce_contrastive": "CE + contrastive"}
+#: what validation measures of a loss whose training adds a term on the model's training-only
+#: embeddings (``needs_embeddings`` in segbench.catalog): validation has no embeddings, so the
+#: loss is called without them and that term is left out
+VAL_LOSS_NAMES = {"ce_contrastive": "CE only"}
+#: the columns of the curves figure: (kind, history column(s), scale, y label)
+_COLUMNS = (
+    ("train loss", ("train_loss",), 1.0, "train loss"),
+    ("val loss", ("val_loss",), 1.0, "val loss"),
+    ("mIoU", ("train_mIoU", "val_mIoU"), 100.0, "mIoU (%)"),
+    ("pixel accuracy", ("train_aAcc", "val_aAcc"), 100.0, "pixel accuracy (%)"),
 )
+_STYLE = {"train": "--", "val": "-"}
+
+
+def _loss_type(run: Mapping[str, Any]) -> str:
+    """The run's loss type: its ``loss_spec`` (as given, else run.json's config), else the
+    loss name."""
+    spec = run.get("loss_spec")
+    if not isinstance(spec, Mapping):
+        spec = (read_run_json(run).get("config") or {}).get("loss")
+    kind = spec.get("type") if isinstance(spec, Mapping) else None
+    return str(kind or run["loss"])
+
+
+def loss_functions(loss: str, kind: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """((id, name) of what the train loss measures, (id, name) of what the val loss measures)
+    for loss ``loss`` (its config name) of type ``kind``. Equal ids: the same function, so
+    train and val panels of the loss share their y-axis; a loss with a training-only term
+    (FRM's CE + contrastive) gets two, named apart."""
+    from segbench.catalog import LOSSES
+
+    name = LOSS_NAMES.get(kind, kind.rpartition(":")[2])  # a loss of the user's: mypkg.losses:my_loss
+    entry = LOSSES.get(kind)
+    if entry is not None and entry.needs_embeddings:
+        val = VAL_LOSS_NAMES.get(kind, f"{name} without its embedding term")
+        return (f"{loss}:train", name), (f"{loss}:val", val)
+    return (loss, name), (loss, name)
+
+
+def _limits(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float, list[int]]:
+    """y-limits of an axis shared by ``series`` ((epochs, values) each) that the first epoch
+    does not squash: the range of the epochs after each series' first, widened to take in a
+    first value at most that range's width away from it (so the axis at most triples); a
+    first value further out is left outside. Returns (low, high, indices of the series whose
+    first value is outside)."""
+    later = [v[1:] for _, v in series if len(v) > 1]
+    later = np.concatenate(later) if later else np.concatenate([v for _, v in series])
+    lo, hi = float(np.min(later)), float(np.max(later))
+    span = hi - lo if hi > lo else max(abs(hi) * 0.1, 1e-3)
+    outside = []
+    low, high = lo, hi
+    for i, (_, v) in enumerate(series):
+        if len(v) > 1 and not lo - span <= v[0] <= hi + span:
+            outside.append(i)
+        else:
+            low, high = min(low, float(v[0])), max(high, float(v[0]))
+    lo, hi = low, high
+    outside = [i for i in outside if not lo <= series[i][1][0] <= hi]  # inside once others widened it
+    pad = 0.08 * (hi - lo if hi > lo else span)
+    return lo - pad, hi + pad, outside
+
+
+def _curve_rows(runs: Sequence[dict], multi: bool) -> list[dict]:
+    """One row per (dataset, model, loss), in the order first given, with its seeds' runs
+    and histories and what its train and val losses measure."""
+    rows: dict[tuple, dict] = {}
+    for run in runs:
+        key = (run["dataset"], run["model"], run["loss"])
+        if key not in rows:
+            (train_id, train_name), (val_id, val_name) = loss_functions(run["loss"], _loss_type(run))
+            head = f"{run['model']} / {run['loss']}"
+            rows[key] = dict(label=f"{run['dataset']}: {head}" if multi else head, loss=run["loss"],
+                             seeds=[], hists=[], train_id=train_id, train_name=train_name,
+                             val_id=val_id, val_name=val_name)
+        rows[key]["seeds"].append(str(run["seed"]))
+        rows[key]["hists"].append(read_history(run))
+    return list(rows.values())
+
+
+def curves_figure(runs: Iterable[RunLike], title: str | None = None) -> Figure:
+    """The training curves as small multiples: one row per (dataset, model, loss) (its seeds
+    as lines of one colour), four columns: train loss, val loss, mIoU and pixel accuracy per
+    epoch (train dashed, val solid). The colour is the loss trained with, the same in every
+    panel. Each loss panel's y-label names what it measures (FRM's train loss includes the
+    contrastive term, its val loss does not); loss panels of one function share their
+    y-limits, as do all mIoU and all accuracy panels. y-limits come from the epochs after the
+    first: an epoch-1 value far outside them is drawn as a triangle at the edge with its value.
+    """
+    runs = _runs(runs)
+    rows = _curve_rows(runs, _multi_dataset(runs))
+    losses = list(dict.fromkeys(r["loss"] for r in rows))
+    colour_of = dict(zip(losses, _colours(len(losses))))
+    max_epochs = max(len(h) for r in rows for h in r["hists"])
+    marker = "o" if max_epochs <= 30 else None
+    n = len(rows)
+    row_h = 1.45 if n <= 12 else 1.2
+    split = any(r["train_id"] != r["val_id"] for r in rows)
+    with matplotlib.rc_context(_RC):
+        fig = _figure(12.0, row_h * n + 1.3 + (0.2 if split else 0))
+        axes = fig.subplots(n, len(_COLUMNS), sharex=True, squeeze=False)
+        groups: dict[str, list] = {}  # y-limit group -> [(ax, colour, epochs, values)]
+        for i, row in enumerate(rows):
+            colour = colour_of[row["loss"]]
+            for j, (kind, cols, scale, ylabel) in enumerate(_COLUMNS):
+                ax = axes[i, j]
+                if kind == "train loss":
+                    group, fn, ylabel = row["train_id"], row["train_name"], f"train loss\n{row['train_name']}"
+                elif kind == "val loss":
+                    group, fn, ylabel = row["val_id"], row["val_name"], f"val loss\n{row['val_name']}"
+                else:
+                    group, fn = kind, None
+                for col in cols:
+                    split_name = col.split("_")[0]
+                    for hist in row["hists"]:
+                        e, v = hist["epoch"].to_numpy(dtype=float), hist[col].to_numpy(dtype=float) * scale
+                        keep = np.isfinite(v)  # epochs not validated are NaN; a diverged loss inf
+                        e, v = e[keep], v[keep]
+                        if not len(v):
+                            continue
+                        line, = ax.plot(e, v, linestyle=_STYLE[split_name], color=colour, marker=marker,
+                                        markersize=2.5, linewidth=1.3, alpha=0.8 if split_name == "train" else 1.0,
+                                        label=f"{split_name} {fn or kind}")
+                        line.set_gid(group if fn else None)  # the loss function a loss line measures
+                        groups.setdefault(group, []).append((ax, colour, e, v))
+                ax.set_ylabel(ylabel)
+                ax.grid(True, alpha=0.3)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                if i == n - 1:
+                    ax.set_xlabel("epoch")
+            seeds = ", ".join(f"s{s}" for s in row["seeds"])
+            axes[i, 0].annotate(f"{row['label']}  ({seeds})", (0, 1), xycoords="axes fraction",
+                                xytext=(0, 4), textcoords="offset points", ha="left", va="bottom",
+                                fontsize=8.5, fontweight="bold", annotation_clip=False)
+        marked = False
+        for members in groups.values():
+            lo, hi, outside = _limits([(e, v) for _, _, e, v in members])
+            marked = marked or bool(outside)
+            for ax in dict.fromkeys(ax for ax, *_ in members):
+                ax.set_ylim(lo, hi)
+            for k in outside:
+                ax, colour, e, v = members[k]
+                above = v[0] > hi
+                y = hi if above else lo
+                ax.plot([e[0]], [y], marker="^" if above else "v", color=colour, markersize=6,
+                        linestyle="", clip_on=False, zorder=5, gid="first-epoch-outside")
+                ax.annotate(f"{v[0]:.3g}", (e[0], y), xytext=(5, -3 if above else 3), textcoords="offset points",
+                            ha="left", va="top" if above else "bottom", fontsize=7, color=colour)
+        handles = [Line2D([], [], color=colour_of[l], linewidth=2.5, label=f"loss {l}") for l in losses]
+        handles += [Line2D([], [], color="0.3", linestyle="--", label="train"),
+                    Line2D([], [], color="0.3", linestyle="-", label="val")]
+        if marked:
+            handles.append(Line2D([], [], color="0.3", marker="^", linestyle="",
+                                  label="epoch 1 beyond the axis (value shown)"))
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
+        note = "one row per model / loss (its seeds as lines); y-limits from the epochs after the first"
+        if split:
+            note += ("; CE + contrastive: the contrastive term needs the training-only embedding head, "
+                     "so the val loss is CE alone")
+        fig.suptitle((title + "\n" if title else "") + textwrap.fill(note, 150), fontsize=9)
+        return fig
 
 
 def training_curves(runs: Iterable[RunLike], path: str | os.PathLike, title: str | None = None) -> Path:
-    """Loss, mIoU and pixel accuracy per epoch from each run's history.csv.
-
-    Train dashed, val solid, one colour per run; legend labels ``model / loss / s{seed}``
-    (prefixed by the dataset when the runs span several).
-    """
-    runs = _runs(runs)
-    multi = _multi_dataset(runs)
-    hists = [read_history(r) for r in runs]
-    colours = _colours(len(runs))
-    max_epochs = max((len(h) for h in hists), default=0)
-    marker = "o" if max_epochs <= 30 else None
-    labels = [run_label(r, multi) for r in runs]
-    width = 13.0
-    # legend columns as wide as the longest label (about 5.5 pt a character at 8 pt)
-    col_pt = 5.2 * max(len(l) for l in labels) + 30
-    ncols = max(1, min(len(labels), int(width * 72 * 0.95 // col_pt)))
-    legend_rows = math.ceil(len(labels) / ncols)
+    """:func:`curves_figure` of ``runs``, written to ``path`` (PNG)."""
+    fig = curves_figure(runs, title)
     with matplotlib.rc_context(_RC):
-        fig = _figure(width, 4.1 + 0.2 * legend_rows)
-        axes = fig.subplots(1, 3)
-        for ax, (key, name, scale, ylabel) in zip(axes, _PANELS):
-            for run, hist, colour in zip(runs, hists, colours):
-                for split, style in (("train", "--"), ("val", "-")):
-                    col = f"{split}_{key}"
-                    if col not in hist.columns:
-                        continue
-                    h = hist[["epoch", col]].dropna()
-                    if h.empty:
-                        continue
-                    ax.plot(
-                        h["epoch"], h[col] * scale, linestyle=style, color=colour,
-                        marker=marker, markersize=3, linewidth=1.4,
-                        alpha=0.75 if split == "train" else 1.0,
-                    )
-            ax.set_title(name)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(ylabel)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(True, alpha=0.3)
-        style = [
-            Line2D([], [], color="0.3", linestyle="--", label="train"),
-            Line2D([], [], color="0.3", linestyle="-", label="val"),
-        ]
-        axes[0].legend(handles=style, loc="best", frameon=True, framealpha=0.8)
-        handles = [
-            Line2D([], [], color=c, linewidth=2.5, label=l) for l, c in zip(labels, colours)
-        ]
-        fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False)
-        if title:
-            fig.suptitle(title)
         return _save(fig, path)
 
 
@@ -503,8 +613,10 @@ def build_study_report(study: str, runs: Iterable[RunLike], out_dir: str | os.Pa
 
 __all__ = [
     "build_study_report",
+    "curves_figure",
     "expected_outputs",
     "load_samples",
+    "loss_functions",
     "per_class_iou",
     "qualitative_grid",
     "speed_accuracy",

@@ -3,7 +3,8 @@ shows HTML in its viewer but offers CSV and markdown only as downloads).
 
 Converts the subset of markdown that segbench writes — ``#`` headings, paragraphs, ``-``
 lists, pipe tables with an alignment row, ``**bold**`` and ```code``` — and escapes
-everything else. No dependency beyond the standard library.
+everything else. A table wider than the page scrolls sideways in its own box rather than
+being cut off. No dependency beyond the standard library.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.2em; color: #1f2933; }
 h1, h2, h3 { font-weight: 600; margin: 1em 0 0.4em; } h1 { font-size: 1.35em; } h2 { font-size: 1.15em; }
 p, li { line-height: 1.45; max-width: 75em; } code { background: #f0f2f4; padding: 0 0.25em; border-radius: 3px; }
-table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }
+.table-scroll { overflow-x: auto; max-width: 100%; margin: 0.6em 0 1.2em; }
+table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #cfd6dd; padding: 0.25em 0.6em; white-space: nowrap; }
 th { background: #eef2f6; } tr:nth-child(even) td { background: #f8fafc; }
 td.r, th.r { text-align: right; font-variant-numeric: tabular-nums; }
@@ -52,7 +54,9 @@ def _table(lines: list[str]) -> str:
         return f"<tr>{tds}</tr>"
 
     rows = [row(_cells(header), "th")] + [row(_cells(r), "td") for r in body]
-    return "<table>\n" + "\n".join(rows) + "\n</table>"
+    # a table wider than the page scrolls sideways in its own box (the report's viewer is an
+    # iframe whose own scroll bar can sit below the visible part of the page)
+    return '<div class="table-scroll">\n<table>\n' + "\n".join(rows) + "\n</table>\n</div>"
 
 
 def markdown_to_html(md: str, title: str) -> str:

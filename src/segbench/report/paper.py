@@ -9,7 +9,7 @@ A study of a paper (``study["paper"]`` one of ``PAPERS``) gets, under ``<study>/
 
 A study with ``paper: None`` gets nothing. Nothing here imports torch, mlflow or matplotlib.
 
-Tables (``TABLES``; published figures from REFERENCE.md §1, each typed in once below)
+Tables (``TABLES``; published figures from the papers' tables, each typed in once below)
 
 ============================  =========================================================
 id                            filled by
@@ -727,27 +727,6 @@ def build_final_epoch_table(df: pd.DataFrame) -> pd.DataFrame:
 # =========================================================================== describing
 
 
-def _hxw(v: Any) -> str | None:
-    try:
-        h, w = (int(x) for x in v)
-        return f"{h}x{w}"
-    except (TypeError, ValueError):
-        return None if v is None else str(v)
-
-
-def _train_words(train: Mapping[str, Any]) -> str:
-    parts = []
-    if train.get("crop") is not None:
-        parts.append(f"crop {_hxw(train['crop'])}")
-    if train.get("epochs") is not None:
-        parts.append(f"{train['epochs']} epochs")
-    if train.get("batch_size") is not None:
-        parts.append(f"batch {train['batch_size']}")
-    if train.get("optimizer"):
-        parts.append(f"{train['optimizer']} lr {train.get('lr')}")
-    return ", ".join(parts) or "protocol not recorded"
-
-
 def _list(values: Iterable[str]) -> str:
     return ", ".join(dict.fromkeys(v for v in values if v)) or "n/a"
 
@@ -760,7 +739,10 @@ def ours_scale(df: pd.DataFrame) -> str:
     what = ", ".join(f"{k} {ds[k]}" for k in ("source", "labels") if ds.get(k))
     text = f"`{first['dataset']}`" + (f" ({what})" if what else "")
     text += f", evaluated at {_list(df['eval_size'])} (HxW)"
-    per_model = {m: _train_words(g.iloc[0]["train"] or {}) for m, g in df.groupby("model", sort=False)}
+    from segbench.report.tables import protocol_words
+
+    per_model = {m: protocol_words(g.iloc[0]["train"]) or "protocol not recorded"
+                 for m, g in df.groupby("model", sort=False)}
     if len(set(per_model.values())) == 1:
         text += f"; trained: {next(iter(per_model.values()))}"
     else:

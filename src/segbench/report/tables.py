@@ -282,22 +282,52 @@ def _markdown(table: pd.DataFrame, n_text: int) -> str:
     return table.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
+def _groups_of(df: pd.DataFrame) -> list[list[str]]:
+    return [list(g) if isinstance(g, (list, tuple)) else ["main"]
+            for g in (df["groups"] if "groups" in df.columns else [["main"]] * len(df))]
+
+
+def has_ablations(df: pd.DataFrame) -> bool:
+    """Whether some run belongs to one of the study's ablations (a group other than "main")."""
+    return any(g != "main" for groups in _groups_of(df) for g in groups)
+
+
+def ablation_label(groups: Iterable[str]) -> str:
+    """The ``ablation`` cell of a run: "—" for a run of the main matrix only, else its groups
+    ("bal_grid", or "main, bal_grid" for a run that is in both)."""
+    groups = list(groups) or ["main"]
+    return "—" if groups == ["main"] else ", ".join(groups)
+
+
 def format_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """The per-run table as strings: metrics in % (2 decimals), params M, MACs G."""
+    """The per-run table as strings: metrics in % (2 decimals), params M, MACs G; an
+    ``ablation`` column after ``seed`` when some run belongs to an ablation."""
     rows = []
-    for _, r in summary_table(df).iterrows():
+    marks = [ablation_label(g) for g in _groups_of(df)] if has_ablations(df) else None
+    for i, (_, r) in enumerate(summary_table(df).iterrows()):
         row = {k: str(r[k]) for k in KEYS}
+        if marks is not None:
+            row["ablation"] = marks[i]
         row.update({f"{m} (%)": _pct(r[m]) for m in METRICS})
         row.update(_fmt_costs(r))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def format_aggregate(agg: pd.DataFrame) -> pd.DataFrame:
-    """The mean ± std table as strings (metrics in %)."""
+def format_aggregate(agg: pd.DataFrame, df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The mean ± std table as strings (metrics in %); with ``df`` (the runs) and some run in
+    an ablation, an ``ablation`` column as in :func:`format_summary`."""
+    marks = None
+    if df is not None and has_ablations(df):
+        marks = {}
+        for (ds, model, loss), groups in zip(df[["dataset", "model", "loss"]].itertuples(index=False),
+                                             _groups_of(df)):
+            marks.setdefault((ds, model, loss), ablation_label(groups))
     rows = []
     for _, r in agg.iterrows():
         row = {k: str(r[k]) for k in ("dataset", "model", "loss")}
+        if marks is not None:
+            row["ablation"] = marks.get((r["dataset"], r["model"], r["loss"]), "—")
         row["seeds"] = str(int(r["seeds"]))
         row.update({f"{m} (%)": _pct_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS})
         row.update(_fmt_costs(r))
@@ -331,20 +361,78 @@ def _context_line(df: pd.DataFrame) -> str:
     return line
 
 
+def _hxw(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "x".join(str(x) for x in v)
+    return str(v)
+
+
+def protocol_words(train: Any) -> str:
+    """The training scale of one run's protocol: epochs, crop, batch, optimizer and lr."""
+    t = train if isinstance(train, Mapping) else {}
+    parts = []
+    if t.get("epochs") is not None:
+        parts.append(f"{t['epochs']} epochs")
+    if t.get("crop") is not None:
+        parts.append(f"crop {_hxw(t['crop'])}")
+    if t.get("batch_size") is not None:
+        parts.append(f"batch {t['batch_size']}")
+    if t.get("optimizer"):
+        parts.append(f"{t['optimizer']}" + (f" lr {t['lr']:g}" if isinstance(t.get("lr"), (int, float)) else ""))
+    return ", ".join(parts)
+
+
+def _model_words(model: str, spec: Any) -> str:
+    """``unet (width 16)``: a model and the parameters that set its size (its config's
+    ``params``), or just its name when they are not known."""
+    params = spec.get("params") if isinstance(spec, Mapping) else None
+    if not isinstance(params, Mapping) or not params:
+        return model if not isinstance(spec, Mapping) else f"{model} (default params)"
+    return f"{model} ({', '.join(f'{k} {_hxw(v)}' for k, v in params.items())})"
+
+
+def scale_line(df: pd.DataFrame) -> str:
+    """The training scale the numbers were measured at, in one line: epochs, crop, batch and
+    optimizer (per model when they differ), each model's size parameters (widths), seeds."""
+    by_protocol: dict[str, list[str]] = {}
+    for model, g in df.groupby("model", sort=False):
+        words = protocol_words(g.iloc[0]["train"] if "train" in g.columns else None)
+        by_protocol.setdefault(words, []).append(str(model))
+    if list(by_protocol) == [""]:
+        protocol = "protocol not recorded in run.json"
+    elif len(by_protocol) == 1:
+        protocol = next(iter(by_protocol))
+    else:
+        protocol = "; ".join(f"{w or 'protocol not recorded'} ({', '.join(m)})" for w, m in by_protocol.items())
+    models = [_model_words(str(m), g.iloc[0]["model_spec"] if "model_spec" in g.columns else None)
+              for m, g in df.groupby("model", sort=False)]
+    seeds = ", ".join(dict.fromkeys(str(s) for s in df["seed"]))
+    return f"**Training scale:** {protocol}. **Models:** {'; '.join(models)}. **Seeds:** {seeds}."
+
+
+_ABLATION_NOTE = ("`ablation`: the study's ablations (config `studies.<study>.ablations`) a run belongs to; "
+                  "— marks a run of the study's main matrix only, `main, <ablation>` one in both.")
+
+
 def summary_markdown(df: pd.DataFrame, title: str | None = None) -> str:
-    """summary.md: a first line with the dataset(s), input sizes and device; the per-run
-    table; and, when some (dataset, model, loss) has several seeds, a mean ± std table."""
+    """summary.md: a first line with the dataset(s), input sizes and device; under it the
+    training scale (:func:`scale_line`); the per-run table (with an ``ablation`` column when
+    some run belongs to an ablation); and, when some (dataset, model, loss) has several
+    seeds, a mean ± std table."""
     first = _context_line(df)
     if title:
         first = f"**{title}** · {first}"
+    ablations = has_ablations(df)
     lines = [
         first,
         "",
+        scale_line(df),
+        "",
         "Metrics in % (2 decimals; `summary.csv` holds them as fractions in [0, 1]). "
         "params in millions (M), MACs in 10^9 multiply-accumulates (G) per image, "
-        "fps at batch 1, MB = fp32 weights in 10^6 bytes.",
+        "fps at batch 1, MB = fp32 weights in 10^6 bytes." + (" " + _ABLATION_NOTE if ablations else ""),
         "",
-        _markdown(format_summary(df), len(KEYS)),
+        _markdown(format_summary(df), len(KEYS) + ablations),
         "",
     ]
     agg = aggregate_seeds(df)
@@ -354,7 +442,7 @@ def summary_markdown(df: pd.DataFrame, title: str | None = None) -> str:
             "",
             "Sample standard deviation (n - 1); metrics in %.",
             "",
-            _markdown(format_aggregate(agg), 4),
+            _markdown(format_aggregate(agg, df), 3 + ablations + 1),
             "",
         ]
     return "\n".join(lines)
@@ -378,6 +466,8 @@ __all__ = [
     "collect_runs",
     "format_aggregate",
     "format_summary",
+    "has_ablations",
+    "scale_line",
     "read_history",
     "read_metrics",
     "read_profile",

@@ -11,6 +11,12 @@ Everything that needs to know what exists reads it here:
 - the data modules (``segbench.data.{source}``): their published split sizes and class counts;
 - ``segbench models --list`` and ``segbench check-config --cost``.
 
+A config may also name an architecture or a loss of its own by import path
+(``arch: mypkg.models:MyNet``, ``type: mypkg.losses:my_loss``; docs/extending.md):
+:func:`load_target` imports it and :func:`call_problem` checks that it can be called with
+the config's options. Only then is the user's module imported (it may import torch); the
+built-in names never import anything.
+
 Only the standard library is imported, so the Snakefile and ``segbench check-config`` read
 this at start-up without torch or numpy. The ImageNet checkpoints have their own torch-free
 registry, :data:`segbench.weights.REGISTRY`; an architecture here names only the checkpoint
@@ -24,10 +30,18 @@ lengths of the data modules' class-name lists; the split sizes are the published
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
+import re
 from dataclasses import dataclass, field
 
+from segbench.errors import UserError
+
 __all__ = ["Architecture", "Loss", "DatasetSource", "ARCHITECTURES", "LOSSES", "DATASET_SOURCES",
-           "LABEL_SETS", "DOWNLOADABLE", "embedding_architectures", "num_classes", "split_images", "eval_size"]
+           "LABEL_SETS", "DOWNLOADABLE", "embedding_architectures", "num_classes", "split_images", "eval_size",
+           "IMPORT_PATH_PATTERN", "is_import_path", "ImportPathError", "load_target", "call_problem",
+           "has_embeddings", "needs_embeddings"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,9 @@ class DatasetSource:
     trainaug: int | None = None
     #: made by segbench (``segbench generate``) rather than downloaded
     generated: bool = False
+    #: a folder of the user's in the prepared layout (``root:``): neither downloaded nor
+    #: generated; its classes and split sizes are read from the folder (segbench.data.folder)
+    folder: bool = False
 
 
 _VAN = "segbench.models.van_fpn"
@@ -150,12 +167,17 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
     "bdd100k": DatasetSource(
         "BDD100K semantic segmentation (the 10K images), in Cityscapes' trainIds",
         classes={"trainId": 19}, splits={"train": 7000, "val": 1000}, eval_size=(736, 1280)),
+    # the classes are the folder's class list: their count is read from it (classes 0 here)
+    "folder": DatasetSource(
+        "a folder of your own: images/ + labels/ (train ids) per split, or a manifest.csv, and a class list "
+        "(docs/extending.md)",
+        classes={"trainId": 0}, folder=True),
 }
 
 #: every label set a dataset entry may name (``labels:``), in order of first use
 LABEL_SETS: tuple[str, ...] = tuple(dict.fromkeys(k for s in DATASET_SOURCES.values() for k in s.classes))
 #: the sources fetched from their publishers (each is a module ``segbench.data.{source}``)
-DOWNLOADABLE: tuple[str, ...] = tuple(name for name, s in DATASET_SOURCES.items() if not s.generated)
+DOWNLOADABLE: tuple[str, ...] = tuple(name for name, s in DATASET_SOURCES.items() if not (s.generated or s.folder))
 
 
 def embedding_architectures() -> list[str]:
@@ -170,7 +192,11 @@ def _source(source: str) -> DatasetSource:
 
 
 def num_classes(source: str, labels: str = "trainId") -> int:
-    """Classes of a source's label set; known before any data is prepared."""
+    """Classes of a source's label set; known before any data is prepared. The folder source
+    has no fixed count: its dataset's class list has it (``segbench.plan.Plan.num_classes``)."""
+    if _source(source).folder:
+        raise ValueError("the folder source's classes are its dataset's class list: read them with "
+                         "segbench.data.folder.read_class_list")
     classes = _source(source).classes
     if labels not in classes:
         raise KeyError(f"dataset source '{source}' has no label set '{labels}'; its label sets: {', '.join(classes)}")
@@ -183,6 +209,8 @@ def split_images(source: str, split: str, trainaug: bool = True) -> int:
     s = _source(source)
     if s.generated:
         raise ValueError(f"the {source} source is generated: its split sizes are the dataset entry's `generate` counts")
+    if s.folder:
+        raise ValueError("the folder source's split sizes are counted in its folder (segbench.data.folder.count_split)")
     if trainaug and split == "train" and s.trainaug is not None:
         return s.trainaug
     return s.splits[split]
@@ -191,3 +219,82 @@ def split_images(source: str, split: str, trainaug: bool = True) -> int:
 def eval_size(source: str) -> tuple[int, int] | None:
     """[height, width] a real source's val images are evaluated at; None for a generated one."""
     return _source(source).eval_size
+
+
+# ------------------------------------------------------------------ your own model or loss
+#: ``package.module:attribute`` - an architecture or loss of the user's, named in a config
+IMPORT_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+_IMPORT_PATH_RE = re.compile(IMPORT_PATH_PATTERN)
+
+
+class ImportPathError(UserError, ValueError):
+    """An import path (``module:attribute``) of a config that cannot be used."""
+
+
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` (a config's ``arch`` or loss ``type``) is an import path, not a built-in name."""
+    return isinstance(name, str) and ":" in name
+
+
+def load_target(path: str):
+    """The object ``module:attribute`` names: a class or function of the user's. ImportPathError
+    (the message says what to do) when the path is malformed, the module cannot be imported,
+    it has no such attribute or the attribute cannot be called."""
+    if not _IMPORT_PATH_RE.match(path):
+        raise ImportPathError(f"'{path}' is not an import path; write package.module:Name (e.g. "
+                              "mypkg.models:MyNet), or a built-in name")
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise ImportPathError(f"cannot import {module_name} (ModuleNotFoundError: {e}); put the package on "
+                                  "PYTHONPATH or install it (pip install -e <your package>)") from None
+        raise ImportPathError(f"cannot import {module_name}: it needs {missing}, which is not installed "
+                              f"(ModuleNotFoundError: {e}); install it into segbench's environment") from None
+    except Exception as e:  # noqa: BLE001 - any error of the user's module is reported with its type
+        raise ImportPathError(f"importing {module_name} failed ({e.__class__.__name__}: {e}); fix the module "
+                              f"(python -c 'import {module_name}' shows the traceback)") from None
+    where = getattr(module, "__file__", None) or module_name
+    if not hasattr(module, attr):
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        close = difflib.get_close_matches(attr, names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ImportPathError(f"module {module_name} ({where}) has no attribute '{attr}'{hint}; "
+                              f"its classes and functions: {', '.join(names) or '(none)'}")
+    target = getattr(module, attr)
+    if not callable(target):
+        raise ImportPathError(f"{path} is a {type(target).__name__}, not a class or function; name the class "
+                              "(or the function) that builds it")
+    return target
+
+
+def call_problem(path: str, target, args: dict) -> str | None:
+    """Why ``target(**args)`` cannot be called (its signature takes no such keyword, or needs
+    one that is not given), or None. A target whose signature Python cannot read is not checked."""
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sig.bind(**args)
+    except TypeError as e:
+        shown = ", ".join("num_classes=<n>" if k == "num_classes" else f"{k}={v!r}" for k, v in args.items())
+        return (f"{path} cannot be called as {path.partition(':')[2]}({shown}): {e}; its signature is {sig}. "
+                "Change the config's params or the signature")
+    return None
+
+
+def has_embeddings(arch: str) -> bool:
+    """Whether an architecture (built-in or import path) has ``forward_train`` (a train-time embedding head)."""
+    if is_import_path(arch):
+        return hasattr(load_target(arch), "forward_train")
+    return ARCHITECTURES[arch].embeddings
+
+
+def needs_embeddings(kind: str) -> bool:
+    """Whether a loss type (built-in or import path) is called with a model's embeddings."""
+    if is_import_path(kind):
+        return bool(getattr(load_target(kind), "needs_embeddings", False))
+    return LOSSES[kind].needs_embeddings

@@ -74,6 +74,18 @@ def _with_catalog(schema: dict) -> dict:
     return schema
 
 
+#: the keys that name a built-in architecture or loss, or one of the user's by import path
+_IMPORT_PATH_KEYS = (("models", "arch"), ("losses", "type"))
+
+
+def _is_own_name(error) -> bool:
+    """Whether a schema error is the enum of ``models.X.arch`` / ``losses.X.type`` refusing a
+    well-formed import path (checked by :func:`_import_path_problems` instead)."""
+    path = tuple(error.absolute_path)
+    return (error.validator == "enum" and len(path) == 3 and (path[0], path[2]) in _IMPORT_PATH_KEYS
+            and isinstance(error.instance, str) and re.match(catalog.IMPORT_PATH_PATTERN, error.instance) is not None)
+
+
 def _key_path(parts) -> str:
     out = ""
     for p in parts:
@@ -128,9 +140,17 @@ def _describe(error, schema_root: dict, locate: Callable[[tuple], tuple] | None 
     if v == "not" and "description" in schema:
         return [f"config key '{where}': {error.instance!r} is not allowed; expected {schema['description']}"]
     if v == "enum":
+        own = ""
+        if len(path) == 3 and (path[0], path[2]) in _IMPORT_PATH_KEYS:
+            own = ("; or a class or function of your own as an import path, package.module:Name "
+                   "(docs/extending.md)")
+            text = error.instance
+            if isinstance(text, str) and "." in text and ":" not in text:
+                module, _, attr = text.rpartition(".")
+                own += f"; an import path has a colon before the name: '{module}:{attr}'"
         return [
             f"config key '{where}': {error.instance!r} is not allowed{_suggest(error.instance, schema['enum'])}; "
-            f"allowed values: {', '.join(map(str, schema['enum']))}"
+            f"allowed values: {', '.join(map(str, schema['enum']))}{own}"
         ]
     if v == "required":
         missing = [k for k in error.validator_value if k not in error.instance]
@@ -413,9 +433,9 @@ def _check_embeddings(cfg: dict) -> list[str]:
     for where, models, losses in matrices:
         for loss in losses:
             kind = cfg["losses"][loss]["type"]
-            if not catalog.LOSSES[kind].needs_embeddings:
+            if not catalog.needs_embeddings(kind):
                 continue
-            lacking = [m for m in models if not catalog.ARCHITECTURES[cfg["models"][m]["arch"]].embeddings]
+            lacking = [m for m in models if not catalog.has_embeddings(cfg["models"][m]["arch"])]
             if lacking:
                 problems.append(
                     f"config key '{where}': loss '{loss}' ({kind}) needs pixel embeddings, "
@@ -424,6 +444,33 @@ def _check_embeddings(cfg: dict) -> list[str]:
                     f"ha{'ve' if len(lacking) > 1 else 's'} no embedding head; architectures with one: "
                     f"{', '.join(catalog.embedding_architectures())}. Put this loss in a study of such models")
     return problems
+
+
+def _import_path_problems(cfg: dict) -> list[str]:
+    """Models and losses named by import path (``arch: mypkg.models:MyNet``, ``type:
+    mypkg.losses:my_loss``): the module imports, the attribute is a class or function, and it
+    accepts ``num_classes`` and the entry's ``params`` (a model) or the ``params`` (a loss).
+    Only such entries import anything (the user's module, which may import torch)."""
+    problems = []
+    for name, m in cfg["models"].items():
+        if catalog.is_import_path(m["arch"]):
+            where = f"config key 'models.{name}.arch'"
+            params = {"num_classes": 1, **(m.get("params") or {})}
+            problems += _own_target_problems(where, m["arch"], params)
+    for name, loss in cfg["losses"].items():
+        if catalog.is_import_path(loss["type"]):
+            where = f"config key 'losses.{name}.type'"
+            problems += _own_target_problems(where, loss["type"], dict(loss.get("params") or {}))
+    return problems
+
+
+def _own_target_problems(where: str, path: str, args: dict) -> list[str]:
+    try:
+        target = catalog.load_target(path)
+    except catalog.ImportPathError as e:
+        return [f"{where}: {e}"]
+    problem = catalog.call_problem(path, target, args)
+    return [f"{where}: {problem}"] if problem else []
 
 
 #: the papers whose tables a study can reproduce (a study named like one defaults to it)
@@ -563,7 +610,7 @@ def validate_config(config: dict, schema_path: str | Path | None = None) -> dict
     # a message reported for several generated entries (a typo in a grid's base) is listed once
     found: dict[str, list[str]] = {}
     for error in sorted(validator.iter_errors(expanded), key=lambda e: list(map(str, e.absolute_path))):
-        if error.validator in ("if", "allOf"):
+        if error.validator in ("if", "allOf") or _is_own_name(error):
             continue
         if tuple(origins.locate(error.absolute_path)) in bad_values:
             continue  # reported above
@@ -609,6 +656,7 @@ def validate_config(config: dict, schema_path: str | Path | None = None) -> dict
                                 "in a path (it takes it for an endless recursion); rename it")
     problems += _cross_study_problems(cfg)
     problems += _results_problems(cfg)
+    problems += _import_path_problems(cfg)
     if not problems:
         problems += _check_embeddings(cfg)
     for name, ds in cfg["datasets"].items():
@@ -701,7 +749,7 @@ def _weights_problems(cfg: dict) -> list[str]:
                        f"{_suggest(name, list(REGISTRY))}; allowed: {', '.join(REGISTRY)}")
     for name, m in cfg["models"].items():
         source = (m.get("params") or {}).get("pretrained")
-        if source is None:
+        if source is None or catalog.is_import_path(m["arch"]):  # your own model's option: yours to read
             continue
         where = f"config key 'models.{name}.params.pretrained'"
         problem = check_source(source)
@@ -717,6 +765,8 @@ def _dataset_problems(name: str, ds: dict) -> list[str]:
     and archive names in `download` that the source does not publish."""
     source, where = ds["source"], f"config key 'datasets.{name}"
     out = []
+    if catalog.DATASET_SOURCES[source].folder:
+        return _folder_problems(name, ds)
     if source != "synthetic" and "generate" in ds:
         out.append(f"{where}.generate': only the synthetic source generates data")
     label_sets = list(catalog.DATASET_SOURCES[source].classes)
@@ -747,6 +797,30 @@ def _dataset_problems(name: str, ds: dict) -> list[str]:
             if archive not in known:
                 out.append(f"{where}.download.{key}': '{archive}' is not an archive of {source}"
                            f"{_suggest(archive, known)}; allowed: {', '.join(known)}")
+    return out
+
+
+def _folder_problems(name: str, ds: dict) -> list[str]:
+    """A dataset of the folder source: ``root`` names the folder, which has a readable class
+    list and, per split, a manifest's rows or images/ + labels/ folders (every file is
+    checked when the dataset is prepared). The other sources' keys are refused."""
+    from segbench.data import DataError
+    from segbench.data.folder import count_split, read_class_list
+
+    where = f"config key 'datasets.{name}"
+    out = [f"{where}.{key}': the folder source reads its folder (`root`) only; remove `{key}`"
+           for key in ("generate", "download", "trainaug", "sbd_root", "allow_partial") if key in ds]
+    if ds.get("labels", "trainId") != "trainId":
+        out.append(f"{where}.labels': the folder source has one label set, its class list (trainId); remove `labels`")
+    if not ds.get("root"):
+        return out + [f"{where}.root': the folder source needs `root`: the folder holding images/, labels/ (or "
+                      "manifest.csv) and classes.csv (docs/extending.md)"]
+    try:
+        read_class_list(ds["root"])
+        for split in ("train", "val"):
+            count_split(ds["root"], split)
+    except DataError as e:
+        out.append(f"{where}.root': {e}")
     return out
 
 

@@ -8,7 +8,7 @@ For each run of the plan (a run cited by several studies is one run, counted onc
   run's final evaluation on the val split).
 
 MACs (multiply-accumulates; 1 MAC = 2 FLOPs) of one image are counted without computing
-anything: the model is built on torch's meta device (no weights, no arithmetic) and
+anything: the model (built-in, or your own named by import path) is built on torch's meta device (no weights, no arithmetic) and
 ``segbench.models.summary.count_macs_meta`` counts its convolutions and matrix products (the
 convention of the papers' "GFLOPs" and of ``segbench models``; element-wise operations,
 normalisation, pooling and resampling are not counted). Image counts are the published split
@@ -49,6 +49,18 @@ def count_macs(arch: str, params: dict, classes: int, size: tuple[int, int]) -> 
     from segbench.models.pretrained import without_pretrained
     from segbench.models.summary import count_macs_meta
 
+    if catalog.is_import_path(arch):  # your own model: counted the same way, if its forward runs on meta tensors
+        try:
+            with torch.device("meta"):
+                model = build_model(arch, classes, **(params or {})).eval()
+            return int(count_macs_meta(model, tuple(size)))
+        except catalog.ImportPathError:
+            raise  # the model breaks the interface: its own message says how
+        except Exception as e:  # noqa: BLE001 - reported as what it means for the estimate
+            raise catalog.ImportPathError(
+                f"cannot estimate the compute of model {arch}: counting its MACs needs a forward pass on torch's "
+                f"meta device (shapes only, no data), which failed ({e.__class__.__name__}: {e}); leave out "
+                "--cost, or avoid data-dependent operations (.item(), .tolist(), numpy) in forward") from e
     params = without_pretrained(params or {})
     with torch.device("meta"):
         model = build_model(arch, classes, **params).eval()
@@ -149,10 +161,14 @@ def format_costs(plan, costs: list[RunCost], tflops: float = DEFAULT_TFLOPS) -> 
     datasets = dict.fromkeys(r.dataset for r in plan.runs)
     for ds in datasets:
         spec = plan.dataset(ds)
-        generated = catalog.DATASET_SOURCES[spec["source"]].generated
-        where = "generate: counts" if generated else "published split sizes"
+        source = catalog.DATASET_SOURCES[spec["source"]]
+        generated = source.generated
+        where = ("generate: counts" if generated else "counted in its folder" if source.folder
+                 else "published split sizes")
         size_from = ("its eval_size" if spec.get("eval_size") else
-                     "the generated size" if generated else "the source's eval size, segbench.catalog")
+                     "the generated size" if generated else
+                     "its first val image's, rounded up to multiples of 32" if source.folder else
+                     "the source's eval size, segbench.catalog")
         lines.append(f"  {ds} ({spec['source']}): {plan.split_images(ds, 'train')} train / "
                      f"{plan.split_images(ds, 'val')} val images ({where}); evaluated at "
                      f"{_hxw(plan.eval_size(ds))} (HxW; {size_from})")

@@ -9,7 +9,8 @@ after the dataset- and model-level overrides) is what the Snakefile hands to
 ``segbench train``; Snakemake's params trigger reruns exactly the runs whose spec changed.
 
 Classes, split sizes and evaluation sizes of the dataset sources come from
-:mod:`segbench.catalog`. No torch here: the Snakefile imports this module at start-up.
+:mod:`segbench.catalog`; a ``folder`` dataset's are read from its folder (its class list,
+its file counts, its first val image; :mod:`segbench.data.folder`), once per plan. No torch here: the Snakefile imports this module at start-up.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def split_images(dataset: dict, split: str) -> int:
     copy with ``allow_partial`` may hold fewer."""
     if catalog.DATASET_SOURCES[dataset["source"]].generated:
         return int(dataset["generate"][split])
+    if catalog.DATASET_SOURCES[dataset["source"]].folder:  # counted in the folder (its manifest or images/)
+        from segbench.data.folder import count_split
+
+        return count_split(dataset["root"], split)
     return catalog.split_images(dataset["source"], split, trainaug=dataset.get("trainaug", True))
 
 
@@ -91,6 +96,9 @@ class Plan:
             add(CROSS_STUDY, "main", (Run(d, mo, lo, int(seed)) for d, (mo, lo), seed in
                                       product(cross["datasets"], cross_methods(cfg), cross["seeds"])))
         self.runs: list[Run] = list(seen)
+        #: a folder dataset's classes and eval size, read once (dataset name -> value)
+        self._folder_classes: dict[str, int] = {}
+        self._folder_eval_size: dict[str, tuple[int, int]] = {}
         # lookups Snakemake's input functions make once per job (thousands at paper scale)
         self._studies_of: dict[Run, list[str]] = {r: [] for r in self.runs}
         for study, runs in self.studies.items():
@@ -131,6 +139,12 @@ class Plan:
 
     def num_classes(self, dataset: str) -> int:
         ds = self.dataset(dataset)
+        if catalog.DATASET_SOURCES[ds["source"]].folder:
+            if dataset not in self._folder_classes:
+                from segbench.data.folder import read_class_list
+
+                self._folder_classes[dataset] = len(read_class_list(ds["root"])[0])
+            return self._folder_classes[dataset]
         return catalog.num_classes(ds["source"], ds["labels"])
 
     def split_images(self, dataset: str, split: str) -> int:
@@ -141,6 +155,12 @@ class Plan:
         ds = self.dataset(dataset)
         if ds.get("eval_size"):
             return tuple(ds["eval_size"])
+        if catalog.DATASET_SOURCES[ds["source"]].folder:  # its first val image's, rounded up to multiples of 32
+            if dataset not in self._folder_eval_size:
+                from segbench.data.folder import eval_size
+
+                self._folder_eval_size[dataset] = eval_size(ds["root"])
+            return self._folder_eval_size[dataset]
         size = catalog.eval_size(ds["source"])
         if size is None:  # generated: evaluated at the generated size
             return (ds["generate"]["height"], ds["generate"]["width"])

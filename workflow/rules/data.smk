@@ -1,6 +1,8 @@
 # Datasets: generate (synthetic), or read an existing copy (`root:`), or
 # download -> verify -> extract once per source; then prepare each dataset entry into
-# <results>/data/{dataset}/manifest.csv + train-id label PNGs. See docs/datasets.md.
+# <results>/data/{dataset}/manifest.csv + train-id label PNGs. See docs/datasets.md; a
+# folder of your own (`source: folder`) is checked and prepared by prepare_folder
+# (docs/extending.md).
 
 from segbench.data.download import SOURCES as DOWNLOAD_SOURCES, archives_of
 
@@ -13,7 +15,7 @@ def _generate_params(w):
 
 
 def _downloads(ds) -> bool:
-    return ds["source"] != "synthetic" and not ds.get("root")
+    return ds["source"] not in ("synthetic", "folder") and not ds.get("root")
 
 
 def _source_entries(source):
@@ -64,9 +66,14 @@ def _verify_args(w):
     return f"--md5 {md5}" if md5 else ""
 
 
-def datasets_regex(synthetic):
-    """A wildcard constraint matching exactly the configured dataset names of one kind."""
-    names = [n for n, ds in CFG["datasets"].items() if (ds["source"] == "synthetic") == synthetic]
+def _dataset_kind(ds):
+    return ds["source"] if ds["source"] in ("synthetic", "folder") else "real"
+
+
+def datasets_regex(kind):
+    """A wildcard constraint matching exactly the configured dataset names of one kind:
+    synthetic, folder or real (the published sources)."""
+    names = [n for n, ds in CFG["datasets"].items() if _dataset_kind(ds) == kind]
     return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
@@ -200,7 +207,7 @@ rule prepare:
         manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
     wildcard_constraints:
-        dataset=datasets_regex(synthetic=True),
+        dataset=datasets_regex("synthetic"),
     params:
         source=lambda w: PLAN.dataset(w.dataset)["source"],
         root=_prepare_root,
@@ -230,7 +237,7 @@ rule prepare_dataset:
         manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
     wildcard_constraints:
-        dataset=datasets_regex(synthetic=False),
+        dataset=datasets_regex("real"),
     params:
         source=lambda w: PLAN.dataset(w.dataset)["source"],
         root=_prepare_root,
@@ -250,3 +257,29 @@ rule prepare_dataset:
     shell:
         "python -m segbench prepare {params.source} --root {params.root:q} --out {params.out} "
         "--labels {params.labels} --name {wildcards.dataset} {params.options} > {log} 2>&1"
+
+
+# A folder of your own (`source: folder`, `root:`): every image and label is checked, the
+# labels are copied, the images are referenced where they are. See docs/extending.md.
+rule prepare_folder:
+    output:
+        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+        meta=f"{RESULTS}/data/{{dataset}}/meta.json",
+    wildcard_constraints:
+        dataset=datasets_regex("folder"),
+    params:
+        root=lambda w: PLAN.dataset(w.dataset)["root"],
+        out=lambda w, output: os.path.dirname(output.manifest),
+    log:
+        f"{RESULTS}/logs/prepare/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=240,
+    conda:
+        ENV
+    shell:
+        "python -m segbench prepare folder --root {params.root:q} --out {params.out} --name {wildcards.dataset} "
+        "> {log} 2>&1"

@@ -4,7 +4,8 @@
 reads its published on-disk layout: :mod:`segbench.data.cityscapes` (also the synthetic
 scenes of :mod:`segbench.data.synthetic`, written in the Cityscapes layout),
 :mod:`segbench.data.ade20k`, :mod:`segbench.data.voc` (PASCAL VOC 2012 + SBD) and
-:mod:`segbench.data.bdd100k`. Each writes, as ``docs/outputs.md`` specifies, under ``out``:
+:mod:`segbench.data.bdd100k`; and a folder of one's own already in train ids,
+:mod:`segbench.data.folder` (docs/extending.md). Each writes, as ``docs/outputs.md`` specifies, under ``out``:
 
 * ``labels/{split}/*.png`` - the train ids (255 = ignore);
 * ``meta.json`` - dataset, num_classes, class_names, palette, ignore_index, splits, source;
@@ -71,9 +72,15 @@ def prepare(source: str, root: str | os.PathLike[str], out: str | os.PathLike[st
             labels: str = "trainId", allow_partial: bool = False, progress: bool = True,
             **options: Any) -> dict[str, Any]:
     """Prepare a dataset of any source (``synthetic``, ``cityscapes``, ``ade20k``, ``voc``,
-    ``bdd100k``) from ``root`` into ``out``; ``options`` go to the source's ``prepare``
+    ``bdd100k``, ``folder``) from ``root`` into ``out``; ``options`` go to the source's ``prepare``
     (VOC: ``trainaug``, ``sbd_root``). Real datasets are checked against their published
     split sizes; the synthetic one is not."""
+    if source == "folder":  # a folder of one's own, already in train ids (segbench.data.folder)
+        if options or allow_partial or labels != "trainId":
+            raise ValueError("the folder source takes no options: its folder holds the class list and the splits")
+        from segbench.data.folder import prepare_folder
+
+        return prepare_folder(root, out, dataset=dataset or source, progress=progress)
     if source == "synthetic":  # the Cityscapes layout, without published split sizes
         if options:
             raise ValueError(f"the synthetic source takes no options, got {sorted(options)}")

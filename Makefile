@@ -60,6 +60,7 @@ paper-smoke: install
 # RESULTS: the config's `results:` folder (config.yaml: results; workflow/configs/paper.yaml: results/paper)
 RESULTS ?= results
 mlflow-ui: install
+	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the training runs; docs/mlflow.md)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RESULTS)/mlflow.db --host 127.0.0.1 --port 5000
 
 # `make serve` serves the best run of $(STUDY) by val mIoU; `make serve RUN=results/runs/...` a given run.

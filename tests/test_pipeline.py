@@ -207,18 +207,44 @@ def test_mlflow_tags_and_study_runs(workdir):
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/results/mlflow.db")
     for study, n in (("pac_bal", 5), ("cross_study", 6), ("unet_segnet", 2)):
         exp = client.get_experiment_by_name(f"segbench-{study}")
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens it on its runs
         runs = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
         assert len(runs) == n, study
+        study_run = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'study'")
+        assert len(study_run) == 1
         for r in runs:
             tags = r.data.tags
             assert tags["study"] == study
             assert tags["segbench.run_key"] == f"{tags['dataset']}/{tags['model']}/{tags['loss']}/s{tags['seed']}"
-        study_run = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'study'")
-        assert len(study_run) == 1
+            assert r.info.run_name == f"{tags['model']} · {tags['loss']} · s{tags['seed']}"  # one dataset
+            assert tags["mlflow.parentRunId"] == study_run[0].info.run_id
+            assert r.data.params["train.amp"] == "False"  # the CPU trained without AMP
+            assert r.data.metrics["best_epoch"] in (1, 2)
+            assert {"images/confusion_matrix.png", "images/samples.png"} <= {
+                f.path for f in client.list_artifacts(r.info.run_id, "images")}
+            (inp,) = r.inputs.dataset_inputs
+            assert inp.dataset.name == "synthetic"
         files = {f.path for d in ("tables", "figures") for f in client.list_artifacts(study_run[0].info.run_id, d)}
         assert "tables/summary.csv" in files and "figures/curves.png" in files, files
         if study == "cross_study":
             assert "figures/pareto_macs.png" in files
+
+    # Each training's model is logged once, in its home study (the first in the config citing
+    # it); its other copies name the run holding it.
+    order = [*yaml.safe_load((workdir / "config.yaml").read_text())["studies"], "cross_study"]
+    home_of = {}
+    for study in order:
+        exp = client.get_experiment_by_name(f"segbench-{study}")
+        for r in client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'"):
+            home_of.setdefault(r.data.tags["segbench.run_key"], r.info.run_id)
+    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("segbench-")]
+    models = client.search_logged_models(experiment_ids=experiments)
+    assert sorted(m.source_run_id for m in models) == sorted(home_of.values())
+    for study in order:
+        exp = client.get_experiment_by_name(f"segbench-{study}")
+        for r in client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'"):
+            home = home_of[r.data.tags["segbench.run_key"]]
+            assert r.data.tags.get("segbench.model_run") == (None if r.info.run_id == home else home)
 
 
 def _free_port() -> int:
@@ -232,7 +258,9 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_snakemake_report_and_mlflow_compare_view_in_a_browser(workdir, tmp_path):
     """Screenshots (kept in $SEGBENCH_SCREENSHOTS if set) of the Snakemake report and of the
-    MLflow compare view of a study, and the runs visible in both."""
+    MLflow UI as docs/mlflow.md walks through it: the experiment list; an experiment opening on
+    its runs, nested under the study run, with readable names; the chart of val_mIoU across
+    the study's runs; one run's description, dataset, logged model and images; the compare view."""
     from browser_support import CHROMIUM_ARGS, browser_path
     from mlflow.tracking import MlflowClient
 
@@ -248,7 +276,14 @@ def test_snakemake_report_and_mlflow_compare_view_in_a_browser(workdir, tmp_path
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/results/mlflow.db")
     exp = client.get_experiment_by_name("segbench-pac_bal")
     runs = client.search_runs([exp.experiment_id], "tags.`segbench.kind` = 'run'")
+    names = sorted(r.info.run_name for r in runs)
+    assert names == sorted(f"{m} · {lo} · s0" for m, lo in (
+        ("deeplabv3", "ce"), ("deeplabv3", "bal"), ("deeplabv3", "bal_linear"),
+        ("deeplabv3_pac", "ce"), ("deeplabv3_pac", "bal")))
+    one = next(r for r in runs if r.info.run_name == "deeplabv3 · ce · s0")
+    (dataset,) = one.inputs.dataset_inputs
     port = _free_port()
+    base = f"http://127.0.0.1:{port}"
     state = tmp_path / "mlflow-server"
     server = ["bash", str(ROOT / "scripts" / "mlflow_server.sh")]
     start = subprocess.run(server + ["start", "--port", str(port), "--state-dir", str(state),
@@ -277,19 +312,81 @@ def test_snakemake_report_and_mlflow_compare_view_in_a_browser(workdir, tmp_path
                     assert run in table
                 assert "76.68" in table and "77.93" in table
 
-                # MLflow: the compare view of the study's runs
+                # MLflow, as docs/mlflow.md walks through it. 1: the experiment list, in the
+                # "Model training" view (MLflow 3.17 opens on its GenAI view; the choice is kept)
+                page.goto(f"{base}/#/experiments")
+                page.wait_for_selector("text=segbench-pac_bal", timeout=60_000)
+                page.get_by_text("Model training", exact=True).click()
+                close_assistant(page)
+                page.screenshot(path=str(shots / "mlflow_1_experiments.png"))
+                # 2: the experiment opens on its runs: the study run, its runs nested under it
+                page.click("text=segbench-pac_bal")
+                page.wait_for_selector("text=study:pac_bal", timeout=60_000)
+                close_assistant(page)
+                assert page.get_by_role("heading", name="Runs").is_visible()
+                assert page.locator(f"text={names[0]}").count() == 0  # nested: folded under the study run
+                page.locator("[role=row]", has_text="study:pac_bal").locator(
+                    "button[data-component-id$='runnamecellrenderer.tsx_46']").click()  # its expander
+                for name in names:
+                    page.wait_for_selector(f"text={name}", timeout=30_000)
+                page.screenshot(path=str(shots / "mlflow_2_runs_of_a_study.png"))
+                # 3: the chart view, val_mIoU of every run of the study
+                page.locator("label:has(input[value=CHART])").click()
+                page.get_by_placeholder("Search metric charts").fill("val_mIoU")
+                title = page.get_by_text("val_mIoU", exact=True).first  # the chart's title
+                title.wait_for(timeout=30_000)
+                fullscreen = "button[@data-component-id='fullscreen_button_chartcard']"
+                card = title.locator(f"xpath=ancestor::*[.//{fullscreen}][1]")  # the chart's card
+                card.locator(f"xpath=.//{fullscreen}").click()
+                for name in names:  # the legend: one line per run of the study
+                    page.get_by_text(f"{name} (val_mIoU)").last.wait_for(timeout=30_000)
+                page.wait_for_timeout(1000)  # the lines are drawn after the legend
+                page.screenshot(path=str(shots / "mlflow_3_val_mIoU_across_runs.png"))
+                page.keyboard.press("Escape")
+                # 4: one run: description, parent, dataset, logged model, params, metrics
+                page.goto(f"{base}/#/experiments/{exp.experiment_id}/runs/{one.info.run_id}")
+                page.get_by_role("heading", name="deeplabv3 · ce · s0").wait_for(timeout=60_000)
+                close_assistant(page)
+                for text in ("Run synthetic/deeplabv3/ce/s0 of study pac_bal", "Parent run", "study:pac_bal",
+                             f"synthetic ({dataset.dataset.digest})", "Logged models (1)", "best_val_mIoU",
+                             "train.amp"):
+                    page.get_by_text(text).first.wait_for(timeout=30_000)
+                page.screenshot(path=str(shots / "mlflow_4_one_run.png"))
+                page.get_by_text("Logged models (1)").first.scroll_into_view_if_needed()
+                page.screenshot(path=str(shots / "mlflow_4_one_run_params_model.png"))
+                # 5: its images among the artifacts
+                page.get_by_role("tab", name="Artifacts").click()
+                page.get_by_text("images", exact=True).click()
+                for png in ("confusion_matrix.png", "samples.png"):
+                    page.get_by_text(png, exact=True).click()
+                    page.locator(f"img[alt='images/{png}']").wait_for(timeout=30_000)
+                    page.screenshot(path=str(shots / f"mlflow_5_run_{png}"))
+
+                # the compare view of the study's runs
                 ids = json.dumps([r.info.run_id for r in runs])
-                url = f"http://127.0.0.1:{port}/#/compare-runs?runs={ids}&experiments={json.dumps([exp.experiment_id])}"
-                page.goto(url)
-                for r in runs:
-                    page.wait_for_selector(f"text={r.data.tags['segbench.run_key']}", timeout=60_000)
+                page.goto(f"{base}/#/compare-runs?runs={ids}&experiments={json.dumps([exp.experiment_id])}")
+                for name in names:
+                    page.wait_for_selector(f"text={name}", timeout=60_000)
                 page.screenshot(path=str(shots / "mlflow_compare_pac_bal.png"), full_page=True)
-                page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs")
-                page.wait_for_selector(f"text={runs[0].data.tags['segbench.run_key']}", timeout=60_000)
-                page.screenshot(path=str(shots / "mlflow_runs_pac_bal.png"))
             finally:
                 browser.close()
     finally:
         subprocess.run(server + ["stop", "--state-dir", str(state)], capture_output=True, text=True, timeout=60)
-    for name in ("snakemake_report.png", "snakemake_report_pac_bal.png", "mlflow_compare_pac_bal.png"):
+    for name in ("snakemake_report.png", "snakemake_report_pac_bal.png", "mlflow_1_experiments.png",
+                 "mlflow_2_runs_of_a_study.png", "mlflow_3_val_mIoU_across_runs.png", "mlflow_4_one_run.png",
+                 "mlflow_4_one_run_params_model.png", "mlflow_5_run_confusion_matrix.png",
+                 "mlflow_5_run_samples.png", "mlflow_compare_pac_bal.png"):
         assert (shots / name).stat().st_size > 20_000, name
+
+
+def close_assistant(page) -> None:
+    """Close MLflow's assistant panel (it takes a third of the window) when it opens; the UI
+    remembers that it is closed."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    close = page.locator("[data-component-id='mlflow.assistant.chat_panel.close']").first
+    try:
+        close.wait_for(timeout=5_000)
+    except PlaywrightTimeout:
+        return  # not shown on this page
+    close.click()

@@ -86,7 +86,7 @@ def test_tiny_run_writes_only_there(tmp_path):
                 "benchmarks/train/syn/unet/ce/s0.tsv", "mlflow/init.json",
                 "mlflow/runs/syn/unet/ce/s0.json", "mlflow/studies/s.json", "mlflow.db"):
         assert (res / rel).is_file(), rel
-    assert list((res / "mlartifacts").rglob("model.pt")), "the run's artifacts beside the store"
+    assert list((res / "mlartifacts").rglob("MLmodel")), "the run's logged model beside the store"
     with sqlite3.connect(res / "mlflow.db") as db:
         assert db.execute("select count(*) from runs").fetchone()[0] == 2  # the run and study:s
 
@@ -102,7 +102,7 @@ def test_tiny_run_writes_only_there(tmp_path):
     assert "studies with results: s" in proc.stderr
     assert not (tmp_path / "results").exists()
 
-    # mlflow.log_models: false leaves model.pt out of the run's artifacts (a fresh store)
+    # mlflow.log_models: false leaves the model out of the run's artifacts (a fresh store)
     from segbench.tracking import log_run
 
     store = tmp_path / "other"
@@ -111,7 +111,7 @@ def test_tiny_run_writes_only_there(tmp_path):
     run_dir = res / "runs/syn/unet/ce/s0"
     log_run(run_dir, studies=["s"], tracking_uri=uri, artifact_root=store / "art", log_model=False)
     logged = sorted(p.name for p in (store / "art").rglob("*") if p.is_file())
-    assert "metrics.json" in logged and "model.pt" not in logged, logged
+    assert "metrics.json" in logged and "model.pt" not in logged and "MLmodel" not in logged, logged
 
 
 def test_log_models_switch_reaches_the_track_step(tmp_path):

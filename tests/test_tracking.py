@@ -20,12 +20,16 @@ try:
 except ImportError:  # not installed in the venv: use the source tree
     sys.path.insert(0, str(SRC))
 
+import segbench  # noqa: E402
 from segbench import tracking  # noqa: E402
 from segbench.tracking import TrackingError  # noqa: E402
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import ViewType  # noqa: E402
+
+torch = pytest.importorskip("torch")
+from segbench.models import build_model  # noqa: E402
 
 CLASS_NAMES = ["road", "sky", "traffic light"]
 T0 = 1_760_000_000.0  # unix time at the end of epoch 1
@@ -71,25 +75,26 @@ def write_history(run_dir: Path, epochs: int) -> None:
 
 
 def make_run(base: Path, *, seed: int, config_hash: str = "abc123", epochs: int = 3,
-             lr: float = 0.01) -> tuple[Path, str]:
+             lr: float = 0.01, dataset: str = "synthetic") -> tuple[Path, str]:
     """A run directory in the formats of docs/outputs.md."""
-    key = f"synthetic/unet_small/ce/s{seed}"
+    key = f"{dataset}/unet_small/ce/s{seed}"
     run_dir = base / "runs" / key
     run_dir.mkdir(parents=True)
     config = {
         "dataset": {"name": "synthetic", "input_size": [64, 128]},
-        "model": {"name": "unet_small", "channels": [16, 32, 64]},
+        "model": {"name": "unet_small", "arch": "unet", "params": {"width": 2}, "channels": [16, 32, 64]},
         "loss": {"name": "ce", "weights": None},
         "optim": {"name": "adamw", "lr": lr, "betas": [0.9, 0.999]},
-        "train": {"epochs": epochs, "batch_size": 4, "amp": False},
+        "train": {"epochs": epochs, "batch_size": 4, "amp": True},  # asked for; run.json: not used
         "notes": "x" * 7000,  # longer than MLflow's 6000-char param limit
         "seed": seed,
     }
     (run_dir / "run.json").write_text(json.dumps({
-        "run_key": key, "dataset": "synthetic", "model": "unet_small", "loss": "ce",
+        "run_key": key, "dataset": dataset, "model": "unet_small", "loss": "ce",
         "seed": seed, "config": config, "config_hash": config_hash, "num_classes": 3,
         "class_names": CLASS_NAMES, "palette": [[128, 64, 128], [70, 130, 180], [250, 170, 30]],
         "device": "cpu", "epochs": epochs, "train_seconds": 30.0, "resumed_from_epoch": None,
+        "amp": False, "channels_last": True, "threads": 1, "workers": 0,
     }, indent=2))
     write_history(run_dir, epochs)
     (run_dir / "metrics.json").write_text(json.dumps({
@@ -97,7 +102,11 @@ def make_run(base: Path, *, seed: int, config_hash: str = "abc123", epochs: int 
         "class_names": CLASS_NAMES, "num_images": 8, "input_size": [64, 128],
     }))
     np.save(run_dir / "confusion.npy", np.arange(9, dtype=np.int64).reshape(3, 3))
-    (run_dir / "model.pt").write_bytes(b"not really a state_dict" * 10)
+    torch.save(build_model("unet", 3, width=2).state_dict(), run_dir / "model.pt")
+    k, h, w = 2, 16, 32
+    np.savez(run_dir / "samples.npz", images=np.full((k, h, w, 3), 90, np.uint8),
+             labels=np.ones((k, h, w), np.uint8), preds=np.zeros((k, h, w), np.uint8),
+             names=np.array(["val/a.png", "val/b.png"]))
     (run_dir / "figures").mkdir()
     (run_dir / "figures" / "samples.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
     return run_dir, key
@@ -177,7 +186,7 @@ def test_log_run_tags_params_metrics_artifacts(store, tmp_path):
         runs = runs_with_key(client, store["ids"][study], key)
         assert [r.info.run_id for r in runs] == [ids[study]]
         run = runs[0]
-        assert run.info.run_name == key
+        assert run.info.run_name == "unet_small · ce · s0"
         assert run.info.status == "FINISHED"
         tags = run.data.tags
         assert tags["segbench.run_key"] == key
@@ -191,7 +200,9 @@ def test_log_run_tags_params_metrics_artifacts(store, tmp_path):
         assert params["optim.name"] == "adamw"
         assert json.loads(params["model.channels"]) == [16, 32, 64]
         assert json.loads(params["optim.betas"]) == [0.9, 0.999]
-        assert params["train.amp"] == "False"
+        # what training used (run.json), not what the config asked for (amp: True)
+        assert (params["train.amp"], params["train.channels_last"], params["train.device"]) == (
+            "False", "True", "cpu")
         assert params["loss.weights"] == "None"
         assert len(params["notes"]) == 6000
 
@@ -215,8 +226,9 @@ def test_log_run_tags_params_metrics_artifacts(store, tmp_path):
 
         arts = artifact_paths(client, ids[study])
         assert {"metrics.json", "history.csv", "run.json", "confusion.npy", "iou_per_class.csv",
-                "iou_per_class.json", "checkpoint/model.pt", "figures/samples.png",
-                profile.name} <= arts
+                "iou_per_class.json", "figures/samples.png", "images/confusion_matrix.png",
+                "images/samples.png", profile.name} <= arts
+        assert not any(p.endswith("model.pt") for p in arts)  # the model is an MLflow model
         local = Path(client.download_artifacts(ids[study], "iou_per_class.csv", str(tmp_path / study)))
         assert local.read_text().splitlines() == [
             "class,IoU", "road,0.7", "sky,0.4", "traffic light,"]
@@ -287,6 +299,79 @@ def shutil_rm(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path)
+
+
+def test_the_view_a_researcher_expects(store, tmp_path):
+    """Experiments open on their runs with the study's description; runs have short names,
+    nest under the study run, carry the dataset, best-epoch metrics, images and tags; the
+    model is logged once (an MLflow model with a signature) and the other copy points to it."""
+    import mlflow.pytorch
+    from mlflow.models import get_model_info
+
+    client, uri = store["client"], store["uri"]
+    studies = ["home", "other"]
+    ids = tracking.init_store(uri, studies, notes={"home": "GraDNet vs U-Net, 3 epochs"})
+    for study in studies:
+        tags = client.get_experiment(ids[study]).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(ids["home"]).tags["mlflow.note.content"] == "GraDNet vs U-Net, 3 epochs"
+    tracking.init_store(uri, studies, notes={"home": "GraDNet vs U-Net, 5 epochs"})  # description changed
+    assert client.get_experiment(ids["home"]).tags["mlflow.note.content"] == "GraDNet vs U-Net, 5 epochs"
+
+    run_dir, key = make_run(tmp_path, seed=10)
+    manifest = tmp_path / "data" / "synthetic" / "manifest.csv"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("split,image,label\ntrain,a.png,a_l.png\ntrain,b.png,b_l.png\nval,c.png,c_l.png\n")
+    out = tracking.log_run(run_dir, studies=studies, tracking_uri=uri)
+    again = tracking.log_run(run_dir, studies=studies, tracking_uri=uri)
+    assert again == out
+    home, other = client.get_run(out["home"]), client.get_run(out["other"])
+
+    # the model: once, in the home study, loadable, with the signature of the evaluation size
+    models = client.search_logged_models(experiment_ids=[ids["home"], ids["other"]])
+    assert [m.source_run_id for m in models] == [out["home"]]
+    model_uri = home.data.tags["segbench.model_uri"]
+    sig = get_model_info(model_uri).signature
+    assert sig.inputs.inputs[0].shape == (-1, 3, 64, 128) and str(sig.inputs.inputs[0].type) == "float32"
+    assert sig.outputs.inputs[0].shape == (-1, 3, 64, 128)
+    model = mlflow.pytorch.load_model(model_uri)
+    with torch.no_grad():
+        assert tuple(model(torch.zeros(1, 3, 64, 128)).shape) == (1, 3, 64, 128)
+    assert "segbench.model_uri" not in other.data.tags
+    assert other.data.tags["segbench.model_run"] == out["home"]
+    assert f"#/experiments/{ids['home']}/runs/{out['home']}" in other.data.tags["mlflow.note.content"]
+
+    for study, run in (("home", home), ("other", other)):
+        # the study run, logged with the study's tables, is the parent of the study's runs
+        assert "mlflow.parentRunId" not in run.data.tags
+        (tmp_path / "studies" / study / "tables").mkdir(parents=True)
+        (tmp_path / "studies" / study / "tables" / "summary.md").write_text("| model |\n")
+        study_run = tracking.log_study(study, tmp_path / "studies" / study, tracking_uri=uri)
+        assert client.get_run(run.info.run_id).data.tags["mlflow.parentRunId"] == study_run
+        assert client.get_run(study_run).info.run_name == f"study:{study}"
+        # the dataset: split sizes and the manifest's digest, once however often it is logged
+        (inp,) = run.inputs.dataset_inputs
+        assert inp.dataset.name == "synthetic"
+        assert inp.dataset.digest == hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+        assert json.loads(inp.dataset.profile) == {"num_rows": 2, "num_elements": 4}
+        # the best epoch beside the final metrics (val_mIoU = 0.05 * epoch + 0.01, 3 epochs)
+        assert run.data.metrics["best_val_mIoU"] == pytest.approx(0.16)
+        assert run.data.metrics["best_epoch"] == 3
+        tags = run.data.tags
+        assert tags["device"] == "cpu" and tags["segbench.version"] == segbench.__version__
+        git = subprocess.run(["git", "-C", str(SRC), "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert tags.get("segbench.git_commit") == (git.stdout.strip() if git.returncode == 0 else None)
+        for png in ("images/confusion_matrix.png", "images/samples.png"):
+            local = Path(client.download_artifacts(run.info.run_id, png, str(tmp_path / "dl" / study)))
+            assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and local.stat().st_size > 5_000, png
+
+    # a second dataset in a study: every run's name leads with its dataset; a run logged
+    # after its study nests itself under the study run
+    run2, _ = make_run(tmp_path, seed=10, dataset="voc")
+    second = client.get_run(tracking.log_run(run2, studies=["home"], tracking_uri=uri)["home"])
+    assert second.info.run_name == "voc · unet_small · ce · s10"
+    assert second.data.tags["mlflow.parentRunId"] == client.get_run(out["home"]).data.tags["mlflow.parentRunId"]
+    assert client.get_run(out["home"]).info.run_name == "synthetic · unet_small · ce · s10"
 
 
 def test_log_study(store, tmp_path):
@@ -363,3 +448,22 @@ def test_parallel_writers_on_a_fresh_store(tmp_path):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("segbench-main")
     assert len(client.search_runs([exp.experiment_id])) == 3
+
+
+def test_study_note_describes_the_study_and_its_training_scale():
+    """The experiment's description, from the repository's config: the study's description,
+    what it compares and the training scale its runs share."""
+    import yaml
+
+    from segbench.config import load_config
+    from segbench.plan import Plan
+
+    root = SRC.parent
+    raw = yaml.safe_load((root / "config.yaml").read_text())
+    note = tracking.study_note(Plan(load_config(root / "config.yaml")), "pac_bal")
+    spec, train = raw["studies"]["pac_bal"], raw["train"]
+    assert note.startswith(spec["description"])
+    assert f"- models: {', '.join(spec['models'])}" in note  # then the ablation's
+    assert f"{train['epochs']} epochs, crop {train['crop'][0]}x{train['crop'][1]} (HxW)" in note
+    width = raw["models"]["deeplabv3"]["params"]["width"]
+    assert f"deeplabv3 (depth 50, width {width})" in note

@@ -7,20 +7,38 @@ Layout in the tracking store
   store, and the server's choice for a tracking server (``http(s)://``: ``mlflow server``
   proxies the artifacts into its ``--artifacts-destination``, so compute nodes need no
   access to the server's disk);
-* one MLflow run per (study, run key), named after the run key
-  (``synthetic/unet_small/ce/s0``) and tagged ``segbench.run_key``;
+* each experiment carries ``mlflow.experimentKind=custom_model_development`` (MLflow's UI
+  opens it on its runs, not on the GenAI overview) and, when the caller gives it (the
+  pipeline's track-init, ``segbench sync``), the study's description (:func:`study_note`) as
+  ``mlflow.note.content``;
+* one MLflow run per (study, run key), named ``model · loss · s<seed>`` (led by the dataset
+  when the study has several: :func:`run_name`), tagged ``segbench.run_key``, nested
+  (``mlflow.parentRunId``) under
 * one study-level run per study, named ``study:{study}``, tagged ``segbench.kind=study`` and
-  ``segbench.study_run={study}``, holding the study's tables and figures.
+  ``segbench.study_run={study}``, holding the study's tables and figures;
+* on each run: the config as params, with the ``train.*`` values training actually used
+  (run.json's amp, channels_last, device, workers, threads); the history per epoch,
+  ``final_*``, ``best_val_mIoU``/``best_epoch`` and ``profile_*`` metrics; the dataset as
+  an input (split sizes, the prepared manifest's digest); the tags ``device``,
+  ``segbench.version`` and ``segbench.git_commit``; the images ``images/confusion_matrix.png``
+  (normalised per row) and ``images/samples.png`` (image | ground truth | prediction);
+* the trained model, logged once as an MLflow PyTorch model with a signature, in the run's
+  *home* study (the first study of the config citing it); its runs in other studies carry
+  ``segbench.model_run`` (the MLflow run holding the model) and a link in their description.
 
 Idempotency
 -----------
 :func:`log_run` looks the run up by its ``segbench.run_key`` tag. With the same
 ``segbench.config_hash`` the MLflow run is *updated*: per-epoch metrics are logged only for
-(key, step) pairs not yet in its history, summary metrics (``final_*``, ``profile_*``) only when
-absent or when their latest value changed, params already present are skipped, tags and
-artifacts are overwritten. With a different hash (the run was retrained with another config)
-the stale MLflow run is deleted (soft delete; ``mlflow gc`` reclaims its artifacts) and a fresh
-one is created. Logging the same directory any number of times gives the same store.
+(key, step) pairs not yet in its history, summary metrics (``final_*``, ``best_*``,
+``profile_*``) only when absent or when their latest value changed, params already present
+are skipped, tags, name and artifacts are overwritten, the dataset input is added once, the
+model is logged only if the run has none yet (tag ``segbench.model_uri``). A run whose logged
+params differ from the files' (a store written by an older segbench) is logged afresh, as
+MLflow's params cannot change. With a different hash (the run was retrained with another
+config) the stale MLflow run is deleted (soft delete; ``mlflow gc`` reclaims its artifacts)
+and a fresh one is created. Logging the same directory any number of times gives the same
+store.
 
 Concurrency
 -----------
@@ -84,6 +102,7 @@ import shutil
 import sqlite3
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import unquote, urlparse
@@ -113,6 +132,18 @@ TAG_RUN_KEY = "segbench.run_key"
 TAG_CONFIG_HASH = "segbench.config_hash"
 TAG_KIND = "segbench.kind"
 TAG_STUDY_RUN = "segbench.study_run"
+TAG_MODEL_RUN = "segbench.model_run"  # on a run logged in several studies: the run holding its model
+TAG_MODEL_URI = "segbench.model_uri"  # on the run holding the model: models:/<id> of the logged model
+# MLflow's own tags: the UI opens an experiment of this kind on its runs (not the GenAI
+# overview), shows the note as the experiment's / run's description, and nests a run under
+# its parent run.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+TAG_NOTE = "mlflow.note.content"
+TAG_PARENT = "mlflow.parentRunId"
+# run.json fields that say what training actually used (the config may ask for AMP on a
+# CPU, which trains without it): logged as the train.* params instead of the config's values
+EFFECTIVE_TRAIN_FIELDS = ("amp", "channels_last", "device", "workers", "threads")
 
 # MLflow 3.x limits (mlflow.utils.validation); repeated here to avoid importing mlflow early.
 MAX_PARAM_VAL_LENGTH = 6000
@@ -461,8 +492,13 @@ def _repair_moved_store(db: Path) -> None:
               f"{experiments} experiment(s) and {len(runs)} run(s) inside it to {new}")
 
 
-def _experiment_id(client, tracking_uri: str, study: str, artifact_root: Path | None) -> str:
-    """Get (restoring if deleted) or create the study's experiment."""
+def _experiment_id(client, tracking_uri: str, study: str, artifact_root: Path | None,
+                   note: str | None = None) -> str:
+    """Get (restoring if deleted) or create the study's experiment.
+
+    It carries the tag ``mlflow.experimentKind`` (so MLflow's UI opens it on its runs) and,
+    when ``note`` is given, the study's description as ``mlflow.note.content`` (set at
+    creation, rewritten when it changed)."""
     from mlflow.entities import LifecycleStage
 
     name = experiment_name(study)
@@ -473,37 +509,80 @@ def _experiment_id(client, tracking_uri: str, study: str, artifact_root: Path | 
         else:
             root = Path(artifact_root) if artifact_root is not None else default_artifact_root(tracking_uri)
             location = (root.resolve() / study).as_uri()
+        tags = {"segbench.study": study, TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
+        if note:
+            tags[TAG_NOTE] = _tag(note)
         with _store_lock(tracking_uri):
             exp = client.get_experiment_by_name(name)  # another process may have won
             if exp is None:
                 try:
-                    return client.create_experiment(
-                        name, artifact_location=location, tags={"segbench.study": study}
-                    )
+                    return client.create_experiment(name, artifact_location=location, tags=tags)
                 except Exception:
                     exp = client.get_experiment_by_name(name)
                     if exp is None:
                         raise
     if exp.lifecycle_stage == LifecycleStage.DELETED:
         client.restore_experiment(exp.experiment_id)
+    if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:  # a store made by an older segbench
+        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+    if note and exp.tags.get(TAG_NOTE) != _tag(note):
+        client.set_experiment_tag(exp.experiment_id, TAG_NOTE, _tag(note))
     return exp.experiment_id
 
 
+def study_note(plan, study: str) -> str:
+    """The description of a study's experiment (Markdown, shown above its runs in MLflow's
+    UI): the config's description and paper, what is compared, and the training scale
+    (epochs, crop, model widths) of its runs. ``plan``: a :class:`segbench.plan.Plan`."""
+    runs = plan.studies[study]
+    spec = plan.study_spec(study)
+    lines = [spec.get("description") or f"Study {study}."]
+
+    def names(values) -> str:
+        return ", ".join(dict.fromkeys(str(v) for v in values))
+
+    lines += [
+        "",
+        f"- datasets: {names(r.dataset for r in runs)}",
+        f"- models: {names(r.model for r in runs)}",
+        f"- losses: {names(r.loss for r in runs)}",
+        f"- seeds: {names(r.seed for r in runs)}",
+    ]
+    scale = {}
+    for r in runs:
+        t = plan.train_spec(r.dataset, r.model)
+        crop = "x".join(str(v) for v in t.get("crop") or []) or "full images"
+        scale.setdefault(f"{t.get('epochs')} epochs, crop {crop} (HxW), batch {t.get('batch_size')}", None)
+    lines.append(f"- training: {'; '.join(scale)}")
+    widths = []
+    for model in dict.fromkeys(r.model for r in runs):
+        params = plan.cfg["models"][model].get("params") or {}
+        shown = ", ".join(f"{k} {v}" for k, v in params.items() if k in ("width", "width_mult", "depth"))
+        widths.append(f"{model} ({shown})" if shown else model)
+    lines.append(f"- model sizes: {'; '.join(widths)}")
+    lines += ["", f"{len(runs)} runs, each nested under the study run `study:{study}`, which holds "
+              "the study's tables and figures."]
+    return "\n".join(lines)
+
+
 def init_store(
-    tracking_uri: str, studies: list[str], artifact_root: str | os.PathLike | None = None
+    tracking_uri: str, studies: list[str], artifact_root: str | os.PathLike | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Create the store (running its migrations once) and one experiment per study.
 
     Experiments are named ``segbench-{study}`` with artifact location
     ``file://<artifact_root>/<study>`` (``artifact_root`` None: :func:`default_artifact_root`
     for a local store, the server's default for a tracking server); existing ones are reused
-    (restored if deleted, their artifact location left as it was). Safe to call again.
+    (restored if deleted, their artifact location left as it was). ``notes`` (study ->
+    Markdown, see :func:`study_note`) become the experiments' descriptions. Safe to call again.
     Returns study -> experiment id.
     """
     root = Path(artifact_root) if artifact_root is not None else None
+    notes = notes or {}
     try:
         client = _connect(tracking_uri)
-        return {s: _experiment_id(client, tracking_uri, s, root) for s in studies}
+        return {s: _experiment_id(client, tracking_uri, s, root, notes.get(s)) for s in studies}
     except TrackingError:
         raise
     except Exception as exc:
@@ -673,6 +752,228 @@ def _log_iou_table(client, run_id: str, table: dict[str, list], tmp: Path) -> No
     client.log_artifact(run_id, str(path))
 
 
+def run_name(info: Mapping[str, Any], with_dataset: bool = False) -> str:
+    """A run's name in MLflow's lists: ``model · loss · s<seed>``, led by the dataset when
+    the study has several (``synthetic · unet · ce · s0``)."""
+    parts = [info.get("model", "?"), info.get("loss", "?"), f"s{info.get('seed', '?')}"]
+    if with_dataset:
+        parts.insert(0, info.get("dataset", "?"))
+    return " · ".join(str(p) for p in parts)
+
+
+def _git_commit() -> str | None:
+    """The commit of the segbench checkout this code runs from, or None outside a git repo."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        proc = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = proc.stdout.strip()
+    return commit if proc.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
+def _results_of(run_dir: Path, run_key: str) -> Path | None:
+    """The results folder holding ``runs/{run key}`` (None if the run is not in that layout)."""
+    runs = run_dir.resolve().parents[len(run_key.split("/")) - 1]
+    return runs.parent if runs.name == "runs" else None
+
+
+def _dataset_of(run_dir: Path, run_key: str, info: Mapping[str, Any]):
+    """The run's dataset as an MLflow dataset: its split sizes, with the digest of the
+    prepared manifest (``results/data/{dataset}/manifest.csv``); without a manifest, the
+    split sizes of run.json's dataset entry (a synthetic set's ``generate``). None if neither."""
+    import hashlib
+
+    import mlflow.data
+    import pandas as pd
+
+    name = str(info.get("dataset", ""))
+    results = _results_of(run_dir, run_key)
+    manifest = results / "data" / name / "manifest.csv" if results is not None else None
+    if manifest is not None and manifest.is_file():
+        data = manifest.read_bytes()
+        counts: dict[str, int] = {}
+        for row in csv.DictReader(data.decode("utf-8").splitlines()):
+            counts[row.get("split") or "?"] = counts.get(row.get("split") or "?", 0) + 1
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        source = str(manifest)
+    else:
+        spec = (info.get("config") or {}).get("dataset") or {}
+        generate = spec.get("generate") or {}
+        counts = {split: int(generate[split]) for split in ("train", "val") if split in generate}
+        if not counts:
+            return None
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        source = str(run_dir.resolve() / "run.json")
+    frame = pd.DataFrame({"split": list(counts), "images": list(counts.values())})
+    with _quiet_dataset_notes():
+        return mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+
+
+@contextlib.contextmanager
+def _quiet_dataset_notes() -> Iterator[None]:
+    """Leave out two warnings of MLflow 3.17 that say nothing about a split-size table (its
+    local-file source class is registered twice; integer columns cannot hold missing values)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column")
+        yield
+
+
+def _log_dataset(client, run, dataset) -> None:
+    """The dataset as the run's input (context ``train``), once per (name, digest)."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    for existing in run.inputs.dataset_inputs if run.inputs else []:
+        if (existing.dataset.name, existing.dataset.digest) == (dataset.name, dataset.digest):
+            return
+    with _quiet_dataset_notes():
+        entity = dataset._to_mlflow_entity()
+    client.log_inputs(run.info.run_id, datasets=[
+        DatasetInput(entity, tags=[InputTag("mlflow.data.context", "train")])])
+
+
+def _best_epoch(history: list[dict]) -> tuple[float, int] | None:
+    """(best val mIoU, its epoch) of the history, or None without val mIoU."""
+    best = None
+    for i, row in enumerate(history):
+        value = _to_float(row.get("val_mIoU"))
+        if value is not None and (best is None or value > best[0]):
+            best = (value, int(float(row.get("epoch", i + 1))))
+    return best
+
+
+def _write_confusion_png(conf, names: list[str], path: Path) -> None:
+    """The confusion matrix normalised per row (each true class sums to 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    totals = conf.sum(axis=1, keepdims=True)
+    norm = np.divide(conf, totals, out=np.zeros(conf.shape, dtype=float), where=totals > 0)
+    c = len(norm)
+    size = max(4.0, 0.35 * c + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    labels = [names[i] if i < len(names) else str(i) for i in range(c)]
+    ax.set_xticks(range(c), labels, rotation=90, fontsize=8)
+    ax.set_yticks(range(c), labels, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("confusion matrix (each row sums to 1)")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _write_samples_png(samples: Mapping[str, Any], palette: list, path: Path) -> None:
+    """One row per sample: image | ground truth | prediction (labels in the run's palette;
+    the ignore label black)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    for i, rgb in enumerate(palette[:255]):
+        colours[i] = rgb
+    k = len(samples["names"])
+    h, w = samples["labels"].shape[1:3]
+    fig, axes = plt.subplots(k, 3, figsize=(9, max(1.0, 3 * h / w) * k + 0.4), squeeze=False)
+    for i in range(k):
+        panels = (samples["images"][i], colours[samples["labels"][i]], colours[samples["preds"][i]])
+        for j, (panel, title) in enumerate(zip(panels, ("image", "ground truth", "prediction"))):
+            ax = axes[i][j]
+            ax.imshow(panel)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title)
+        axes[i][0].set_ylabel(str(samples["names"][i])[-24:], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _log_model(client, tracking_uri: str, run_id: str, run_dir: Path, info, final) -> str:
+    """Log the run's trained model (model.pt rebuilt from run.json) as an MLflow PyTorch
+    model with a signature: float32 images [-1, 3, H, W] in, class logits [-1, C, H, W] out
+    (H, W: the evaluation size). Returns its ``models:/`` URI. It loads where segbench is
+    importable (the model's classes are segbench's): ``mlflow.pytorch.load_model(uri)``."""
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from segbench.engine.evaluate import load_trained
+
+    model, _ = load_trained(run_dir, "cpu")
+    size = (final or {}).get("input_size") or ((info.get("config") or {}).get("dataset") or {}).get("eval_size")
+    h, w = (int(size[0]), int(size[1])) if size else (-1, -1)
+    c = int(info["num_classes"])
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, h, w), "image")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, h, w), "logits")]),
+    )
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        logged = mlflow.pytorch.log_model(
+            model, name="model", signature=signature, serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+        )
+    return logged.model_uri
+
+
+def _study_run_note(study: str, study_dir: Path) -> str:
+    return (f"The study `{study}`: its tables and figures (from `{study_dir}`) are this run's "
+            "artifacts; the study's training runs are nested under it.")
+
+
+def _study_run_id(client, exp_id: str, study: str) -> str | None:
+    """The id of the study run ``study:{study}`` if the study's tables are logged, else None."""
+    found = _find_runs(client, exp_id, TAG_STUDY_RUN, study)
+    return found[0].info.run_id if found else None
+
+
+def _nest_runs(client, exp_id: str, parent_id: str) -> None:
+    """Make the study run the parent of every run of its experiment (tag mlflow.parentRunId)."""
+    for run in _find_runs(client, exp_id, TAG_KIND, "run"):
+        if run.data.tags.get(TAG_PARENT) != parent_id:
+            client.set_tag(run.info.run_id, TAG_PARENT, parent_id)
+
+
+def _name_runs(client, exp_id: str, run_id: str, info: Mapping[str, Any]) -> str:
+    """Name the run (:func:`run_name`); when the study's runs span several datasets, every
+    run's name leads with its dataset (runs named before the second dataset came are renamed).
+    Returns the run's name."""
+    from mlflow.entities import ViewType
+
+    others = client.search_runs([exp_id], filter_string=_filter_eq(TAG_KIND, "run"),
+                                run_view_type=ViewType.ACTIVE_ONLY, max_results=5000)
+    datasets = {r.data.tags.get("dataset") for r in others} | {str(info.get("dataset", ""))}
+    several = len(datasets) > 1
+    for r in others:
+        t = r.data.tags
+        if r.info.run_id == run_id:
+            continue
+        wanted = run_name({"dataset": t.get("dataset"), "model": t.get("model"), "loss": t.get("loss"),
+                           "seed": t.get("seed")}, several)
+        if r.info.run_name != wanted:
+            client.update_run(r.info.run_id, name=wanted)
+    name = run_name(info, several)
+    client.update_run(run_id, name=name)
+    return name
+
+
 # --------------------------------------------------------------------------- public: runs
 
 
@@ -689,8 +990,16 @@ def log_run(
     """Log one run directory into each study's experiment; return study -> MLflow run id.
 
     Reads (never writes) ``run.json`` (required), ``history.csv``, ``metrics.json``,
-    ``confusion.npy``, ``model.pt`` (unless ``log_model`` is false: the config's
-    ``mlflow.log_models``), ``figures/*.png`` and the optional profile JSON.
+    ``confusion.npy``, ``samples.npz``, ``model.pt`` (unless ``log_model`` is false: the
+    config's ``mlflow.log_models``), ``figures/*.png``, the optional profile JSON and the
+    prepared dataset's manifest (``results/data/{dataset}/manifest.csv``).
+
+    Each MLflow run is named :func:`run_name` and nested under its study run
+    (``study:{study}``) once :func:`log_study` has logged the study. The trained
+    model is logged once, as an MLflow model, in the run's *home* study (the first of
+    ``studies``: the first in the config citing the run); the runs in the other studies carry
+    the tag ``segbench.model_run`` naming the MLflow run that holds it.
+
     Missing experiments are created (under ``artifact_root``, default
     :func:`default_artifact_root`), but call :func:`init_store` before fanning out.
     The run files are read with the checked readers of :mod:`segbench.runfiles`.
@@ -707,10 +1016,15 @@ def log_run(
         final = runfiles.read_metrics(run_dir, info) if (run_dir / "metrics.json").is_file() else None
         has_profile = profile_path is not None and Path(profile_path).is_file()
         profile = runfiles.read_profile(profile_path) if has_profile else None
+        conf = runfiles.read_confusion(run_dir, info) if (run_dir / "confusion.npy").is_file() else None
+        samples = runfiles.read_samples(run_dir) if (run_dir / "samples.npz").is_file() else None
     except runfiles.RunFileError as exc:
         raise RunFileTrackingError(f"{exc} (the run was not logged to MLflow)") from exc
     run_key, config_hash = _run_identity(info)
     params = _flatten(info.get("config") or {})
+    for field in EFFECTIVE_TRAIN_FIELDS:  # what training used, not what the config asked for
+        if field in info:
+            params[_key(f"train.{field}")] = _param_value(info[field])
 
     from segbench.io import owned_tempdir
 
@@ -718,15 +1032,28 @@ def log_run(
         client = _connect(tracking_uri)
         tmp = owned_tempdir("segbench-track-")
         try:
-            return {
-                study: _log_run_into(
+            images = []
+            if conf is not None:
+                images.append(tmp / "confusion_matrix.png")
+                _write_confusion_png(conf, list(info.get("class_names") or []), images[-1])
+            if samples is not None and len(samples["names"]):
+                images.append(tmp / "samples.png")
+                _write_samples_png(samples, list(info.get("palette") or []), images[-1])
+            dataset = _dataset_of(run_dir, run_key, info)
+            ids: dict[str, str] = {}
+            home = None  # (study, experiment id, run id) of the run holding the model
+            for study in studies:
+                ids[study], exp_id = _log_run_into(
                     client, tracking_uri, study, run_dir, tmp,
                     info=info, run_key=run_key, config_hash=config_hash, history=history,
                     final=final, profile=profile, profile_path=profile_path, params=params,
-                    extra_tags=extra_tags, artifact_root=artifact_root, log_model=log_model,
+                    extra_tags=extra_tags, artifact_root=artifact_root,
+                    log_model=log_model and home is None, model_home=home,
+                    images=images, dataset=dataset,
                 )
-                for study in studies
-            }
+                if home is None:
+                    home = (study, exp_id, ids[study])
+            return ids
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     except TrackingError:
@@ -738,12 +1065,18 @@ def log_run(
 def _log_run_into(
     client, tracking_uri, study, run_dir: Path, tmp: Path, *, info, run_key, config_hash,
     history, final, profile, profile_path, params, extra_tags, artifact_root, log_model=True,
-) -> str:
+    model_home=None, images=(), dataset=None,
+) -> tuple[str, str]:
+    """Log the run into one study's experiment; returns (MLflow run id, experiment id).
+    ``model_home``: (study, experiment id, run id) of the run holding the model when this
+    is not the run's home study (then ``log_model`` is false)."""
+    from segbench import __version__
     from mlflow.entities import Metric, Param, RunTag
 
     exp_id = _experiment_id(
         client, tracking_uri, study, Path(artifact_root) if artifact_root else None
     )
+    parent_id = _study_run_id(client, exp_id, study)  # None until the study is logged: it nests them
     now = int(time.time() * 1000)
 
     # Times from the files: the run started when its first epoch started.
@@ -755,6 +1088,8 @@ def _log_run_into(
     last_times = [t for t in times if t is not None]
     end_time = int(max(last_times) * 1000) if last_times else now
 
+    note = [f"Run `{run_key}` of study `{study}` ({info.get('epochs', '?')} epochs on "
+            f"{info.get('device', '?')}). Its files: `{run_dir.resolve()}`."]
     tags = {
         TAG_RUN_KEY: run_key,
         TAG_CONFIG_HASH: config_hash,
@@ -765,12 +1100,26 @@ def _log_run_into(
         "loss": info.get("loss", ""),
         "seed": info.get("seed", ""),
         "segbench.run_dir": str(run_dir.resolve()),
+        "segbench.version": __version__,
     }
+    commit = _git_commit()
+    if commit:
+        tags["segbench.git_commit"] = commit
+    if info.get("device") is not None:
+        tags["device"] = info["device"]
     for field in ("device", "epochs", "train_seconds", "resumed_from_epoch", "num_classes"):
         if info.get(field) is not None:
             tags[f"segbench.{field}"] = info[field]
     if profile is not None:
         tags["segbench.profile"] = Path(profile_path).name
+    if parent_id is not None:
+        tags[TAG_PARENT] = parent_id
+    if model_home is not None:
+        home_study, home_exp, home_run = model_home
+        tags[TAG_MODEL_RUN] = home_run
+        note.append(f"The trained model is logged once, in this run's copy in study `{home_study}`: "
+                    f"[open it](#/experiments/{home_exp}/runs/{home_run}).")
+    tags[TAG_NOTE] = "\n\n".join(note)
     tags.update(extra_tags or {})
     tags = {k: _tag(v) for k, v in tags.items()}
 
@@ -779,8 +1128,14 @@ def _log_run_into(
     with _store_lock(tracking_uri):
         run, created = _get_or_create_run(
             client, exp_id, tag=TAG_RUN_KEY, value=run_key, config_hash=config_hash,
-            run_name=run_key, start_time=start_time, tags=tags,
+            run_name=run_name(info), start_time=start_time, tags=tags,
         )
+        if not created and any(run.data.params.get(k, v) != v for k, v in params.items()):
+            # logged by an older segbench with other param values (train.amp as the config
+            # asked, not as training ran): MLflow's params cannot change, so log it afresh
+            client.delete_run(run.info.run_id)
+            run = client.create_run(exp_id, start_time=start_time, tags=tags, run_name=run_name(info))
+            created = True
         run_id = run.info.run_id
 
         # Per-epoch metrics: step = epoch, timestamp = the `time` column.
@@ -806,6 +1161,9 @@ def _log_run_into(
             for i, iou in enumerate(final.get("IoU") or []):
                 if (v := _to_float(iou)) is not None:
                     summary[_key(f"final_IoU_{names[i] if i < len(names) else i}")] = v
+        best = _best_epoch(history)
+        if best is not None:
+            summary["best_val_mIoU"], summary["best_epoch"] = best[0], float(best[1])
         if profile is not None:
             for name in PROFILE_METRICS:
                 if (v := _to_float(profile.get(name))) is not None:
@@ -818,7 +1176,12 @@ def _log_run_into(
         existing_params = {} if created else run.data.params
         new_params = [Param(k, v) for k, v in params.items() if k not in existing_params]
         new_tags = [] if created else [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+        if model_home is None and not created and TAG_MODEL_RUN in run.data.tags:
+            client.delete_tag(run_id, TAG_MODEL_RUN)  # this study became the run's home
         _log_batch(client, run_id, metrics=metrics, params=new_params, tags=new_tags)
+        _name_runs(client, exp_id, run_id, info)
+        if dataset is not None:
+            _log_dataset(client, client.get_run(run_id), dataset)
 
     # Artifacts (overwritten in place by the artifact repository).
     for name in RUN_FILES:
@@ -826,8 +1189,8 @@ def _log_run_into(
             client.log_artifact(run_id, str(run_dir / name))
     if profile is not None:
         client.log_artifact(run_id, str(profile_path))
-    if log_model and (run_dir / "model.pt").is_file():
-        client.log_artifact(run_id, str(run_dir / "model.pt"), artifact_path="checkpoint")
+    for png in images:
+        client.log_artifact(run_id, str(png), artifact_path="images")
     figures = run_dir / "figures"
     if figures.is_dir():
         for png in sorted(figures.glob("*.png")):
@@ -840,9 +1203,12 @@ def _log_run_into(
         client.log_artifact(run_id, str(csv_path))
         with _store_lock(tracking_uri):  # log_table appends: one writer at a time
             _log_iou_table(client, run_id, table, study_tmp)
+    if log_model and (run_dir / "model.pt").is_file() and not client.get_run(run_id).data.tags.get(TAG_MODEL_URI):
+        uri = _log_model(client, tracking_uri, run_id, run_dir, info, final)
+        client.set_tag(run_id, TAG_MODEL_URI, uri)
 
     client.set_terminated(run_id, status="FINISHED", end_time=max(end_time, start_time))
-    return run_id
+    return run_id, exp_id
 
 
 # --------------------------------------------------------------------------- public: studies
@@ -854,11 +1220,15 @@ def log_study(
     *,
     tracking_uri: str,
     artifact_root: str | os.PathLike | None = None,
+    note: str | None = None,
 ) -> str:
-    """Log the study-level run ``study:{study}`` with every file under tables/ and figures/.
+    """Log the study-level run ``study:{study}`` with every file under tables/ and figures/;
+    ``note`` (:func:`study_note`), when given, becomes the experiment's description.
 
-    Idempotent: the run is found by its ``segbench.study_run`` tag and updated (artifacts
-    overwritten); duplicates are deleted. Returns the MLflow run id.
+    The study run is made the parent (``mlflow.parentRunId``) of every run of the study's
+    experiment, so MLflow's UI nests them under it; runs logged later find it and nest
+    themselves. Idempotent: the run is found by its ``segbench.study_run`` tag and updated
+    (artifacts overwritten); duplicates are deleted. Returns the MLflow run id.
     """
     study_dir = Path(study_dir)
     files = [
@@ -873,13 +1243,14 @@ def log_study(
 
         client = _connect(tracking_uri)
         exp_id = _experiment_id(
-            client, tracking_uri, study, Path(artifact_root) if artifact_root else None
+            client, tracking_uri, study, Path(artifact_root) if artifact_root else None, note
         )
         tags = {
             TAG_KIND: "study",
             TAG_STUDY_RUN: study,
             "study": study,
             "segbench.study_dir": str(study_dir.resolve()),
+            TAG_NOTE: _study_run_note(study, study_dir.resolve()),
         }
         with _store_lock(tracking_uri):  # find-or-create: one study run however many writers
             run, created = _get_or_create_run(
@@ -890,6 +1261,7 @@ def log_study(
             if not created:
                 changed = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
                 _log_batch(client, run_id, tags=changed)
+            _nest_runs(client, exp_id, run_id)
         for p in files:
             rel_dir = p.parent.relative_to(study_dir).as_posix()
             client.log_artifact(run_id, str(p), artifact_path=rel_dir)
@@ -966,6 +1338,7 @@ def sync(
     artifact_root: str | os.PathLike | None = None,
     log=print,
     log_model: bool = True,
+    study_notes: Mapping[str, str] | None = None,
 ) -> dict:
     """Log every run directory under ``results/runs`` and every study under
     ``results/studies`` into the store, and rewrite their records as logged.
@@ -975,6 +1348,7 @@ def sync(
     in its record; its profile likewise (``plan_profiles``, else the record's). A run with no
     study is reported and left out. Records are written in the order the pipeline writes them
     (init, runs, studies), so Snakemake sees no input newer than its output afterwards.
+    ``study_notes`` (study -> :func:`study_note`) describe the experiments.
     A run whose files are damaged is left out (its record says skipped, why and what to do)
     and the others are logged; then :class:`RunFileTrackingError` lists the left-out runs.
     Raises :class:`TrackingError` when the store fails.
@@ -1008,7 +1382,7 @@ def sync(
 
     all_studies = list(dict.fromkeys(
         [s for _, _, studies, _, _ in runs for s in studies] + [p.name for p in study_dirs]))
-    experiments = init_store(tracking_uri, all_studies, artifact_root) if all_studies else {}
+    experiments = init_store(tracking_uri, all_studies, artifact_root, study_notes) if all_studies else {}
     init_path = records / "init.json"
     write_record(init_path, status=RECORD_LOGGED, round=_own_round(init_path),
                  tracking_uri=tracking_uri, experiments=experiments)

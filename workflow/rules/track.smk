@@ -1,6 +1,8 @@
 # MLflow: one job creates the store and the experiments before any run is logged (a fresh
 # sqlite store written by parallel jobs dies in a migration race), then each run directory
-# is logged (idempotently: a tag holds the run key), then each study's tables and figures.
+# is logged (idempotently: a tag holds the run key) into each study citing it, its model
+# only into its home study (the first citing it), then each study's tables and figures into
+# the study's run, under which the study's runs are nested. What the UI shows: docs/mlflow.md.
 #
 # MLflow is a view of the files, so its failure never fails the pipeline: a track job whose
 # store is down or broken writes its record with status "skipped" (why, and how to sync
@@ -10,7 +12,7 @@
 # `segbench sync` logs everything at once and marks the records logged.
 import time
 
-from segbench.tracking import damaged_stores, is_server, read_record, record_round, RECORD_SKIPPED
+from segbench.tracking import damaged_stores, is_server, read_record, record_round, study_note, RECORD_SKIPPED
 
 # when this snakemake started: a damaged store a track job moves aside from now on is reported
 TRACK_STARTED = time.time()
@@ -71,7 +73,9 @@ rule track_run:
         f"{RESULTS}/benchmarks/mlflow/runs/{{dataset}}/{{model}}/{{loss}}/s{{seed}}.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
+        # torch, mlflow and matplotlib (450 MB with a tiny model), plus the model logged in its
+        # home study: rebuilt and pickled, twice its size (a ResNet-101 DeepLabV3: 240 MB)
+        mem_mb=3000,
         runtime=10,
     conda:
         ENV
@@ -90,6 +94,8 @@ rule track_study:
     params:
         uri=TRACKING_URI,
         dir=lambda w, input: os.path.dirname(os.path.dirname(input.report)),
+        # the experiment's description (training scale included): a changed one reruns this job
+        note=lambda w: json.dumps(study_note(PLAN, w.study)),
         round=lambda w: record_round(STUDY_RECORD.format(study=w.study)),
     log:
         f"{RESULTS}/logs/mlflow/studies/{{study}}.log",
@@ -102,7 +108,7 @@ rule track_study:
     conda:
         ENV
     shell:
-        "python -m segbench track-study {wildcards.study} --dir {params.dir} "
+        "python -m segbench track-study {wildcards.study} --dir {params.dir} --note {params.note:q} "
         "--tracking-uri {params.uri:q} --on-error skip --round {params.round} --out {output} > {log} 2>&1"
 
 

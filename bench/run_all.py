@@ -8,7 +8,7 @@ Each benchmark runs in its own process (``bench/bench_*.py --json``), prints its
 it goes, each with its target and PASS/FAIL; the summary repeats the checked ones. Timings
 on a shared machine are noisy: every target is a ratio of timings taken in the same run.
 Nothing here fails on a missed target (the exit status is 0 unless a benchmark crashes):
-the figures are for the README's Performance section, not a CI gate.
+the figures are for docs/performance.md, not a CI gate.
 """
 
 from __future__ import annotations

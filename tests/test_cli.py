@@ -72,3 +72,14 @@ def test_user_errors_share_one_base_that_the_cli_shows_as_error():
     proc = segbench("prepare", "ade20k", "--root", "x", "--out", "y", "--labels", "category")
     assert proc.returncode == 2
     assert proc.stderr.startswith("segbench prepare: error: --labels category is for cityscapes"), proc.stderr
+
+
+def test_output_into_a_closed_pipe_stops_quietly():
+    """`segbench models | true`: the reader is gone before segbench writes (it exits at once,
+    segbench takes a second to start); segbench stops with the shell's SIGPIPE status (141)
+    and no BrokenPipeError traceback."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), SEGBENCH_NO_PROGRESS="1")
+    for step in ("models", f"check-config {ROOT / 'config.yaml'}"):
+        proc = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m segbench {step} | true"],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.stderr == "" and proc.returncode == 141, (step, proc.returncode, proc.stderr)

@@ -2,7 +2,7 @@
 
 The MACs of a forward pass are checked against a count by hand, the per-run figure against
 MACs x images x epochs x 3 (+ MACs at the eval size x val images) worked out here, the image
-counts against the published split sizes (REFERENCE.md §4), and a run cited by several
+counts against the published split sizes (the datasets' papers and sites), and a run cited by several
 studies is counted once.
 """
 
@@ -130,7 +130,7 @@ def test_a_run_of_several_studies_is_counted_once(cfg):
 
 
 def test_real_datasets_use_the_published_split_sizes():
-    """REFERENCE.md §4: Cityscapes 2975/500, ADE20K 20210/2000, VOC trainaug 10582 (train 1464)
+    """Published split sizes: Cityscapes 2975/500, ADE20K 20210/2000, VOC trainaug 10582 (train 1464)
     / val 1449, BDD100K 7000/1000; evaluation at Cityscapes' 1024x2048, 512x512 for ADE20K and
     VOC, BDD100K's 720 rows padded to 736."""
     c = copy.deepcopy(MINIMAL_CONFIG)

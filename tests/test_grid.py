@@ -11,7 +11,7 @@ from segbench.config import ConfigError, expand_grids, load_schema, validate_con
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The PAC/BAL paper's Table 1 (REFERENCE.md section 1): kernel, down, size, sigma (None: linear), beta
+# The PAC/BAL paper's Table 1 (Yu, POSTECH): kernel, down, size, sigma (None: linear), beta
 TABLE1 = [
     ("linear", 1, 15, None, 0.3), ("linear", 2, 15, None, 0.3), ("linear", 2, 15, None, 0.5),
     ("linear", 4, 15, None, 0.5), ("linear", 4, 25, None, 0.5), ("linear", 4, 35, None, 0.5),

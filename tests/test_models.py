@@ -44,7 +44,7 @@ def test_every_model_has_a_tiny_config():
 
 
 @pytest.mark.parametrize("name, kwargs, classes, expected, tol", [
-    ("unet", {}, 2, 31.04e6, 0.01),                  # REFERENCE.md §2
+    ("unet", {}, 2, 31.04e6, 0.01),                  # milesial/Pytorch-UNet's count
     ("unet", {"bilinear": True}, 2, 17.26e6, 0.01),
     ("segnet", {}, 21, 29.45e6, 0.02),
     ("deeplabv3", {}, 21, 58.63e6, 0.01),            # torchvision's DeepLabV3-ResNet101, no aux head
@@ -182,7 +182,7 @@ def test_model_table_counts_without_computing():
 
     row = model_row("deeplabv3")                  # built and counted on the meta device
     assert row["params"] == pytest.approx(58.63e6, rel=0.01)
-    assert row["macs_512x1024"] == pytest.approx(136e9, rel=0.02)    # REFERENCE.md §2, OS16
+    assert row["macs_512x1024"] == pytest.approx(136e9, rel=0.02)    # torchvision deeplabv3_resnet101, OS16
     assert row["macs_paper_size"] == pytest.approx(row["macs_512x1024"] / 2, rel=0.01)
     text = format_table([row], markdown=True)
     assert text.splitlines()[2].startswith("| deeplabv3 | 21 | 58.63M |")

@@ -43,7 +43,7 @@ def test_weights_dir_env_and_default(monkeypatch, tmp_path):
 
 def test_published_checksums():
     """The registry against its sources: torchvision's file-name prefixes, the Hugging Face LFS
-    pointers of the VAN files (REFERENCE.md §6; segbench.weights records the commits)."""
+    pointers of the VAN files (VAN-Classification's README; segbench.weights records the commits)."""
     got = {n: (w.file, w.sha256, w.size) for n, w in REGISTRY.items()}
     assert got == {
         "torchvision:resnet50": ("resnet50-0676ba61.pth", "0676ba61", None),

@@ -244,7 +244,8 @@ def cmd_fetch_weights(a) -> int:
 def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
     from segbench.data.download import SOURCES
 
-    p.add_argument("dataset", choices=["synthetic", *SOURCES])
+    p.add_argument("dataset", choices=["synthetic", *SOURCES, "folder"],
+                   help="a source, or folder: a dataset folder of your own (docs/extending.md)")
     p.add_argument("--root", required=True, help="the dataset's root folder")
     p.add_argument("--out", required=True, help="output folder (manifest.csv, labels/, meta.json)")
     p.add_argument("--labels", choices=["trainId", "category"], default="trainId",
@@ -266,9 +267,9 @@ def cmd_prepare(a) -> int:
         options = {"trainaug": not a.no_trainaug, "sbd_root": a.sbd_root}
     elif a.no_trainaug or a.sbd_root:
         raise UserError("--no-trainaug and --sbd-root are for the voc dataset only")
-    if a.dataset == "synthetic" and a.allow_partial:
+    if a.dataset in ("synthetic", "folder") and a.allow_partial:
         raise UserError("--allow-partial is for the real datasets only")
-    if a.labels != "trainId" and a.dataset not in ("cityscapes", "synthetic"):
+    if a.labels != "trainId" and a.dataset not in ("cityscapes", "synthetic"):  # folder: already in train ids
         raise UserError(f"--labels {a.labels} is for cityscapes and synthetic only; "
                         f"{a.dataset} has one label set (trainId)")
     info = prepare(a.dataset, a.root, a.out, dataset=a.name or a.dataset, labels=a.labels,
@@ -433,6 +434,9 @@ def cmd_track(a) -> int:
 def add_track_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study")
     p.add_argument("--dir", required=True)
+    p.add_argument("--note", type=_json_arg, default=None,
+                   help="the experiment's description (Markdown) as a JSON string or @file (the pipeline passes "
+                        "the study's: tracking.study_note)")
     _add_tracking_arguments(p)
 
 
@@ -443,7 +447,7 @@ def cmd_track_study(a) -> int:
     uri = _tracking_uri(a.tracking_uri)
 
     def log():
-        run_id = log_study(a.study, a.dir, tracking_uri=uri)
+        run_id = log_study(a.study, a.dir, tracking_uri=uri, note=a.note)
         print(f"logged study {a.study} to {uri}: run {run_id}")
         return {"run_id": run_id}
 
@@ -462,9 +466,10 @@ def add_sync_arguments(p: argparse.ArgumentParser) -> None:
 @step("sync", "log every run directory and study under results/ into MLflow (idempotent; completes MLflow "
       "after an outage)", add_sync_arguments)
 def cmd_sync(a) -> int:
-    from segbench.tracking import sync
+    from segbench.tracking import study_note, sync
 
     plan_studies, plan_profiles, cfg_uri, results, log_model = {}, {}, None, a.results or "results", True
+    notes = {}
     config = Path(a.config) if a.config else Path("config.yaml")
     if a.config or config.exists():
         from segbench.config import load_config
@@ -482,9 +487,10 @@ def cmd_sync(a) -> int:
                   f"({plan.results}); its profiles are looked up there", file=sys.stderr)
         plan_studies = {r.key: plan.studies_of(r) for r in plan.runs}
         plan_profiles = {r.key: plan.profile_path(r) for r in plan.runs}
+        notes = {s: study_note(plan, s) for s in plan.studies}
     uri = _tracking_uri(a.tracking_uri or cfg_uri, results)
     out = sync(results, tracking_uri=uri, plan_studies=plan_studies, plan_profiles=plan_profiles,
-               artifact_root=a.artifact_root, log_model=log_model)
+               artifact_root=a.artifact_root, log_model=log_model, study_notes=notes)
     print(f"synced {len(out['runs'])} runs and {len(out['studies'])} studies into {uri}"
           + (f"; {len(out['unassigned'])} run directories belong to no study (see above)"
              if out["unassigned"] else ""))
@@ -572,7 +578,7 @@ def cmd_serve(a) -> int:
 # ---------------------------------------------------------------- models
 def add_models_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", help="only these models (default: all)")
-    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (as in the README)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (as in docs/models.md)")
     p.add_argument("--list", action="store_true", help="names and descriptions only, no counting (instant)")
 
 
@@ -605,7 +611,10 @@ def cmd_models(a) -> int:
 
 # ---------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="segbench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="segbench",
+        description="The segbench command line: one subcommand per pipeline step "
+                    "(the Snakefile's rules run these; `segbench STEP --help` describes one).")
     p.add_argument("--version", action="version", version=f"segbench {__import__('segbench').__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="STEP")
     for s in STEPS.values():
@@ -623,3 +632,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as e:  # a missing file: its message names the path
         print(f"segbench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `segbench models | head`: the reader has gone; stop quietly like other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail too
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it

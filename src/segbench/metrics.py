@@ -1,4 +1,4 @@
-"""Segmentation metrics, following mmsegmentation's conventions (REFERENCE.md §3).
+"""Segmentation metrics, following mmsegmentation's conventions (its ``IoUMetric``).
 
 - The confusion matrix counts pixels whose label is not ``ignore_index``; rows are the
   ground truth, columns the prediction. It is accumulated over a whole split.

@@ -4,7 +4,7 @@
   embedding head are left out, as the papers count them);
 - MACs: multiply-accumulates of one forward pass at the input size, counted by
   ``torch.utils.flop_counter`` (which reports 2 FLOPs per MAC) and halved: the papers'
-  "GFLOPs" are MACs (fvcore's convention, REFERENCE.md §1);
+  "GFLOPs" are MACs (fvcore's convention, which the FRM and GraDNet papers' tables use);
 - size_mb: the fp32 state_dict as saved by ``torch.save``, in 10^6 bytes;
 - fps: batch 1, ``warmup`` untimed passes, then ``iterations`` timed passes with the
   device synchronised before and after; preprocessing is outside the timer (§3); in the

@@ -1,7 +1,7 @@
 """Evaluation of a trained run on the val split: one pass, the checkpoint read once.
 
 The confusion matrix is accumulated on the model's device with one bincount per batch
-(:func:`segbench.metrics.confusion_matrix`); metrics follow REFERENCE.md §3. The model and
+(:func:`segbench.metrics.confusion_matrix`); metrics follow mmsegmentation's conventions. The model and
 the batches use the memory format the run was trained in (run.json's ``channels_last``; see
 ``train.channels_last``), so evaluation rounds like the training's own validation.
 """

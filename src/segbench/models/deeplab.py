@@ -11,7 +11,7 @@ DeepLabV3, read top-down:
           -> 1x1 conv to the classes -> bilinear up-sampling to the input size
 
 With depth 101, 21 classes and no auxiliary head this has 58.63M parameters, the count
-of torchvision's reference (REFERENCE.md §2).
+of torchvision's reference (``deeplabv3_resnet101``, ``aux_loss=False``).
 
 DeepLabV3 + PAC (the PAC paper's "ResNet + PAC"), read top-down:
 

@@ -7,7 +7,7 @@ encoder pool (no learned up-sampling, no skip features), then applies its convol
 The last convolution maps to the classes (no BN/ReLU), output at the input resolution.
 
 ``width`` scales every block's channels (64 in the paper: 64, 128, 256, 512, 512).
-Interpretation: convolutions keep their bias as in VGG16 (29.45M parameters, REFERENCE.md §2).
+Interpretation: convolutions keep their bias as in VGG16 (29.45M parameters, the count of a VGG16-BN SegNet reference implementation).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """SegNet with a MobileNet encoder and no skip connections, the SegNet of Saraceno's "Image
 semantic segmentation" report (2022), after keras-segmentation's ``mobilenet_segnet``
-(divamgupta/image-segmentation-keras), REFERENCE.md §1.
+(divamgupta/image-segmentation-keras).
 
 Read top-down (alpha = ``width_mult``):
 

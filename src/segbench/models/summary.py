@@ -4,7 +4,7 @@ paper configuration, beside the figures the papers (or the reference code) give.
 Costs are counted without computing anything: the model and its input live on the
 ``meta`` device, and ``torch.utils.flop_counter`` counts the FLOPs of the operators it
 knows (convolutions, matrix products) from their shapes; MACs = FLOPs / 2, the papers'
-"GFLOPs" (fvcore's convention, REFERENCE.md §1). Element-wise operations, normalisation,
+"GFLOPs" (fvcore's convention). Element-wise operations, normalisation,
 pooling and resampling are not counted (fvcore counts some of them; see docs/models.md).
 Parameters are those ``forward`` uses (train-only heads left out, models/common.py).
 """
@@ -31,10 +31,10 @@ class PaperSetting:
 
 
 PAPER: dict[str, PaperSetting] = {
-    "unet": PaperSetting(2, None, "31.04M, 386.5G @512x1024", "reference code, REFERENCE.md §2"),
-    "segnet": PaperSetting(21, None, "29.45M, ~326G @512x1024", "reference code, REFERENCE.md §2"),
+    "unet": PaperSetting(2, None, "31.04M, 386.5G @512x1024", "reference PyTorch implementation"),
+    "segnet": PaperSetting(21, None, "29.45M, ~326G @512x1024", "reference PyTorch implementation"),
     "gradnet": PaperSetting(150, (512, 512), "22.1 MB", "GraDNet Table 2 (ADE20K, 500x500 crops)"),
-    "deeplabv3": PaperSetting(21, (512, 512), "58.63M, 136G @512x1024", "torchvision reference, REFERENCE.md §2"),
+    "deeplabv3": PaperSetting(21, (512, 512), "58.63M, 136G @512x1024", "torchvision deeplabv3_resnet101, no aux head"),
     "deeplabv3_pac": PaperSetting(21, (512, 512), "-", "PAC paper (VOC, 513x513 crops): no cost figures"),
     "van_fpn_frm": PaperSetting(19, (1024, 2048), "16.48M, 214.82G", "FRM paper Table 2"),
     "van_fpn_ppm": PaperSetting(19, (1024, 2048), "15.23M, 213.21G", "FRM paper Table 2"),

@@ -5,8 +5,8 @@ doubling from ``width`` (64 in the paper, 64..1024). Expanding path: up-sample (
 transposed convolution halving the channels, or bilinear), concatenate the skip feature,
 two 3x3 conv-BN-ReLU; a 1x1 convolution to the classes.
 
-Interpretations (those of the widely used PyTorch reference, whose parameter counts
-REFERENCE.md §2 quotes: 31.04M with transposed convolutions, 17.26M bilinear, 2 classes):
+Interpretations (those of the widely used PyTorch reference, milesial/Pytorch-UNet, whose
+parameter counts are 31.04M with transposed convolutions, 17.26M bilinear, 2 classes):
 - 'same' padding, so the output has the input's resolution (the paper crops valid convs);
 - batch normalisation after every convolution (not in the 2015 paper), convs without bias;
 - with ``bilinear=True`` the deepest level and every decoder level except the last have

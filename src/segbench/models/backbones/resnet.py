@@ -1,7 +1,7 @@
 """Dilated ResNet-50/101 (He et al., CVPR 2016) as DeepLabV3 uses it (Chen et al. 2017, Sec. 3.2).
 
 Layout (torchvision's ResNet "v1.5", whose DeepLabV3-ResNet101 has 58.63M parameters with
-21 classes and no auxiliary head, REFERENCE.md §2):
+21 classes and no auxiliary head, torchvision's ``deeplabv3_resnet101``):
 
     stem   7x7/2 conv (``width`` channels) - BN - ReLU - 3x3/2 max-pool         H/4
     layer1 bottlenecks x n1, width*4 channels                                  H/4

@@ -11,7 +11,7 @@ Four stages at strides 4, 8, 16, 32. Each stage:
         ls1, ls2: per-channel layer scale initialised to 0.01; stochastic depth ``drop_path``
     LayerNorm (eps 1e-6) over channels
 
-Configurations (REFERENCE.md §2): b0 dims 32, 64, 160, 256, depths 3, 3, 5, 2;
+Configurations (VAN-Classification, Guo et al., arXiv 2202.09741): b0 dims 32, 64, 160, 256, depths 3, 3, 5, 2;
 b1 dims 64, 128, 320, 512, depths 2, 2, 4, 2 (13.35M parameters without classifier);
 b2 the b1 dims with depths 3, 3, 12, 3; MLP ratios 8, 8, 4, 4.
 

@@ -1,5 +1,5 @@
 """Deep Aggregation Pyramid Pooling Module (DDRNet, Hong et al., arXiv 2101.06085),
-as in the authors' code (REFERENCE.md §2):
+as in the authors' code (github.com/ydhongHIT/DDRNet):
 
     scale0 = BN-ReLU-1x1(x)
     scale_i = BN-ReLU-1x1(pool_i(x)),  pool_1..4 = AvgPool(5,2,2), (9,4,4), (17,8,8), global

@@ -1,5 +1,4 @@
-"""Feature Refinement Module (Wang, Guo, Wang, Zheng, Qi, arXiv 2412.08670;
-REFERENCE.md §1).
+"""Feature Refinement Module (Wang, Guo, Wang, Zheng, Qi, arXiv 2412.08670).
 
     F1, F2, F3, F4 (backbone stages, strides 4..32)
     Fc  = concat[avgpool(F1), avgpool(F2), avgpool(F3), F4]   all at H/32, C = sum of dims

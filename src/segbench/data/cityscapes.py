@@ -82,6 +82,7 @@ from segbench.data.prepare import (
     PARTIAL_HINT,
     ImageNotes,
     check_split_sizes,
+    drop_stale_labels,
     found_instead,
     image_size,
     other_extensions,
@@ -553,11 +554,8 @@ def prepare_cityscapes(
             + (f" {PARTIAL_HINT}" if count_problems else ""),
         )
 
-    # drop converted labels of this label set that an earlier run left and this one did not write
-    for split in splits:
-        for p in (out_p / "labels" / split).glob(f"*{suffix}"):
-            if p not in written[split]:
-                p.unlink()
+    # converted labels of this label set that an earlier run left and this one did not write
+    drop_stale_labels(out_p, written, f"*{suffix}")
 
     meta: dict[str, Any] = {
         "dataset": dataset,

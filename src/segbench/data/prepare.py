@@ -116,6 +116,15 @@ def other_extensions(expected: Path) -> str:
             f"else convert it to {fmt} (better: take the original file from the dataset's archive)")
 
 
+def drop_stale_labels(out: Path, written: Mapping[str, set], pattern: str) -> None:
+    """Remove the labels under ``out/labels/<split>/`` matching ``pattern`` that an earlier
+    run left and this one did not write (``written``: split -> paths written)."""
+    for split, paths in written.items():
+        for p in (out / "labels" / split).glob(pattern):
+            if p not in paths:
+                p.unlink()
+
+
 def found_instead(folder: Path, pattern: str) -> str:
     """`` (found N files with another extension, e.g. NAME: ...)`` for a pattern that matched nothing."""
     suffix = Path(pattern).suffix
@@ -346,10 +355,7 @@ def write_prepared(
     notes.warn()
     if problems:
         raise DataError.from_problems(header, problems, hint)
-    for split in samples:  # drop labels an earlier run left and this one did not write
-        for p in (out_p / "labels" / split).glob("*.png"):
-            if p not in written[split]:
-                p.unlink()
+    drop_stale_labels(out_p, written, "*.png")
     meta: dict[str, Any] = {
         "dataset": dataset,
         "num_classes": len(class_names),

@@ -25,6 +25,20 @@ os.environ["SEGBENCH_WORKFLOW_PID"] = str(os.getpid())
 
 
 include: "workflow/rules/common.smk"
+
+
+# every training logs live into MLflow (engine/train.py, docs/mlflow.md): the store and each
+# run's home study reach the train jobs as this variable, not as params, so adding a study or
+# moving the store never retrains (a SLURM job re-reads this file and sets it too)
+from segbench.tracking import LIVE_ENV, is_server, live_env
+
+if MLFLOW:
+    os.environ[LIVE_ENV] = live_env(TRACKING_URI, None if is_server(TRACKING_URI) else f"{RESULTS}/mlartifacts",
+                                    {r.key: PLAN.studies_of(r)[0] for r in PLAN.runs})
+else:
+    os.environ.pop(LIVE_ENV, None)
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/weights.smk"
 include: "workflow/rules/train.smk"

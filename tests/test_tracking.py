@@ -374,6 +374,35 @@ def test_the_view_a_researcher_expects(store, tmp_path):
     assert client.get_run(out["home"]).info.run_name == "synthetic · unet_small · ce · s10"
 
 
+def test_log_run_finishes_the_live_run_of_its_training_but_not_a_later_trainings(store, tmp_path):
+    """The track step (after evaluation) marks FINISHED the MLflow run that live logging made
+    for the training whose files it logs (started before they ended; here left KILLED, as by
+    a job cancelled and then resumed to the end), keeping its start time; a run that a later
+    training of the same config started after those files' training ended keeps its status."""
+    client, uri, exp = store["client"], store["uri"], store["ids"]["main"]
+
+    def live_run(key, start_s, status):
+        run = client.create_run(exp, start_time=int(start_s * 1000), tags={
+            "segbench.run_key": key, "segbench.config_hash": "abc123", "segbench.kind": "run"})
+        client.log_metric(run.info.run_id, "train_loss", 0.5, timestamp=int(T0 * 1000), step=1)
+        client.set_terminated(run.info.run_id, status=status, end_time=int((start_s + 15) * 1000))
+        return run.info.run_id
+
+    run_dir, key = make_run(tmp_path, seed=7)  # its epochs end at T0, T0 + 10, T0 + 20
+    own = live_run(key, T0 - 30.0, "KILLED")
+    assert tracking.log_run(run_dir, studies=["main"], tracking_uri=uri, log_model=False) == {"main": own}
+    run = client.get_run(own)
+    assert (run.info.status, run.info.start_time, run.info.end_time) == (
+        "FINISHED", int((T0 - 30.0) * 1000), int((T0 + 20.0) * 1000))
+    assert [m.step for m in client.get_metric_history(own, "train_loss")] == [1, 2, 3]
+
+    run_dir, key = make_run(tmp_path, seed=8)
+    later = live_run(key, T0 + 3600.0, "FAILED")  # retrained an hour after these files' training
+    assert tracking.log_run(run_dir, studies=["main"], tracking_uri=uri, log_model=False) == {"main": later}
+    run = client.get_run(later)
+    assert (run.info.status, run.info.start_time) == ("FAILED", int((T0 + 3600.0) * 1000))
+
+
 def test_log_study(store, tmp_path):
     client = store["client"]
     study_dir = tmp_path / "studies" / "main"

@@ -285,14 +285,28 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="log the training live into this MLflow store (with --study; default: where "
+                   "$SEGBENCH_MLFLOW_LIVE, set by the pipeline, says; neither: no live logging)")
+    p.add_argument("--study", metavar="STUDY", help="with --tracking-uri: the study whose experiment it logs into")
 
 
 @step("train", "train one run from its resolved spec", add_train_arguments)
 def cmd_train(a) -> int:
-    from segbench.engine.train import train_run
+    import signal
 
-    train_run(a.spec, a.data, a.out, threads=a.threads, progress=not a.quiet)
+    from segbench.engine.train import train_run
+    from segbench.tracking import live_run_for
+
+    live = live_run_for(a.spec["run_key"], tracking_uri=a.tracking_uri, study=a.study)
+    if live is not None:  # a SIGTERM (snakemake cancelling the job) ends the MLflow run KILLED
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    train_run(a.spec, a.data, a.out, threads=a.threads, progress=not a.quiet, live=live)
     return 0
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # the status a shell reports for a SIGTERM kill
 
 
 # ---------------------------------------------------------------- evaluate
@@ -314,6 +328,45 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- robustness
+def _list_arg(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a comma-separated list with no empty item")
+    return items
+
+
+def _int_list_arg(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _list_arg(value)]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"{value!r} must be comma-separated whole numbers, e.g. 1,3,5") from None
+
+
+def add_robustness_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--corruptions", type=_list_arg, metavar="NAME,...",
+                   help="default all eight: rain,snow,fog,gaussian_noise,motion_blur,brightness,contrast,jpeg")
+    p.add_argument("--severities", type=_int_list_arg, metavar="N,...",
+                   help="1 (mild) to 5 (severe); default all five")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="as evaluate's, so that the clean mIoU is metrics.json's")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--quiet", action="store_true")
+
+
+@step("robustness", "evaluate a trained run on corrupted copies of the val images", add_robustness_arguments)
+def cmd_robustness(a) -> int:
+    from segbench.data.corruptions import CORRUPTIONS, SEVERITIES
+    from segbench.engine.robustness import evaluate_corruptions
+
+    evaluate_corruptions(a.run_dir, a.data, corruptions=a.corruptions or CORRUPTIONS,
+                         severities=a.severities or SEVERITIES, batch_size=a.batch_size, threads=a.threads,
+                         progress=not a.quiet)
+    return 0
+
+
 # ---------------------------------------------------------------- profile
 def add_profile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-spec", type=_json_arg, required=True, help='e.g. \'{"arch": "unet", "params": {}}\'')
@@ -322,6 +375,8 @@ def add_profile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed blocks of --iterations passes: fps is their mean, fps_std their sample std")
     p.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto",
                    help="memory format (as train.channels_last): auto = channels_last on a GPU only")
     p.add_argument("--threads", type=int)
@@ -335,11 +390,13 @@ def cmd_profile(a) -> int:
     spec = a.model_spec
     channels_last = {"auto": "auto", "true": True, "false": False}[a.channels_last]
     result = profile_model(spec["arch"], spec.get("params", {}), a.classes, a.size, warmup=a.warmup,
-                           iterations=a.iterations, threads=a.threads, name=spec.get("name"),
+                           iterations=a.iterations, repeats=a.repeats, threads=a.threads, name=spec.get("name"),
                            channels_last=channels_last)
     write_json(a.out, result)
+    spread = "" if result["fps_std"] is None else f" ± {result['fps_std']:.1f}"
     print(f"{result['model']} at {a.size[0]}x{a.size[1]}: {result['params'] / 1e6:.2f}M params, "
-          f"{result['macs'] / 1e9:.2f} GMACs, {result['size_mb']:.1f} MB, {result['fps']:.1f} fps on {result['device']}"
+          f"{result['macs'] / 1e9:.2f} GMACs, {result['size_mb']:.1f} MB, {result['fps']:.1f}{spread} fps "
+          f"on {result['device']}"
           f"{' (channels_last)' if result['channels_last'] else ''}")
     return 0
 
@@ -437,6 +494,9 @@ def add_track_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--note", type=_json_arg, default=None,
                    help="the experiment's description (Markdown) as a JSON string or @file (the pipeline passes "
                         "the study's: tracking.study_note)")
+    p.add_argument("--register-best", action="store_true",
+                   help="register the model of the study's best run (by final mIoU) as segbench-STUDY "
+                        "(the config's mlflow.register_best)")
     _add_tracking_arguments(p)
 
 
@@ -447,7 +507,7 @@ def cmd_track_study(a) -> int:
     uri = _tracking_uri(a.tracking_uri)
 
     def log():
-        run_id = log_study(a.study, a.dir, tracking_uri=uri, note=a.note)
+        run_id = log_study(a.study, a.dir, tracking_uri=uri, note=a.note, register_best=a.register_best)
         print(f"logged study {a.study} to {uri}: run {run_id}")
         return {"run_id": run_id}
 
@@ -469,7 +529,7 @@ def cmd_sync(a) -> int:
     from segbench.tracking import study_note, sync
 
     plan_studies, plan_profiles, cfg_uri, results, log_model = {}, {}, None, a.results or "results", True
-    notes = {}
+    notes, register_best = {}, False
     config = Path(a.config) if a.config else Path("config.yaml")
     if a.config or config.exists():
         from segbench.config import load_config
@@ -480,6 +540,7 @@ def cmd_sync(a) -> int:
             raise UserError(f"{config} turns MLflow off (mlflow.enabled: false); give --tracking-uri to sync anyway")
         cfg_uri = cfg["mlflow"]["tracking_uri"]
         log_model = cfg["mlflow"]["log_models"]
+        register_best = cfg["mlflow"]["register_best"]
         plan = Plan(cfg)
         results = a.results or plan.results
         if Path(results).resolve() != Path(plan.results).resolve():
@@ -490,7 +551,7 @@ def cmd_sync(a) -> int:
         notes = {s: study_note(plan, s) for s in plan.studies}
     uri = _tracking_uri(a.tracking_uri or cfg_uri, results)
     out = sync(results, tracking_uri=uri, plan_studies=plan_studies, plan_profiles=plan_profiles,
-               artifact_root=a.artifact_root, log_model=log_model, study_notes=notes)
+               artifact_root=a.artifact_root, log_model=log_model, study_notes=notes, register_best=register_best)
     print(f"synced {len(out['runs'])} runs and {len(out['studies'])} studies into {uri}"
           + (f"; {len(out['unassigned'])} run directories belong to no study (see above)"
              if out["unassigned"] else ""))

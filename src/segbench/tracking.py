@@ -97,10 +97,12 @@ import itertools
 import json
 import math
 import os
+import queue
 import re
 import shutil
 import sqlite3
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -125,6 +127,13 @@ __all__ = [
     "damaged_stores",
     "log_run",
     "log_study",
+    "run_params",
+    "LIVE_ENV",
+    "live_env",
+    "live_run_for",
+    "LiveRun",
+    "register_best_model",
+    "registered_model_name",
 ]
 
 EXPERIMENT_PREFIX = "segbench-"
@@ -777,7 +786,11 @@ def _git_commit() -> str | None:
 
 def _results_of(run_dir: Path, run_key: str) -> Path | None:
     """The results folder holding ``runs/{run key}`` (None if the run is not in that layout)."""
-    runs = run_dir.resolve().parents[len(run_key.split("/")) - 1]
+    parents = run_dir.resolve().parents
+    depth = len(run_key.split("/")) - 1
+    if depth >= len(parents):  # a run directory near the root (by hand): not that layout
+        return None
+    runs = parents[depth]
     return runs.parent if runs.name == "runs" else None
 
 
@@ -974,6 +987,53 @@ def _name_runs(client, exp_id: str, run_id: str, info: Mapping[str, Any]) -> str
     return name
 
 
+def run_params(info: Mapping[str, Any]) -> dict[str, str]:
+    """A run's MLflow params from its run.json content ``info``: the flattened resolved config
+    (``dataset.*``, ``model.*``, ``train.*``, ...), with the ``train.*`` values training actually
+    used (:data:`EFFECTIVE_TRAIN_FIELDS`) instead of the config's. The live logger of a
+    training and the track step both log these, so they never disagree."""
+    params = _flatten(info.get("config") or {})
+    for field in EFFECTIVE_TRAIN_FIELDS:  # what training used, not what the config asked for
+        if field in info:
+            params[_key(f"train.{field}")] = _param_value(info[field])
+    return params
+
+
+def _run_times(history: list[dict], now: int) -> tuple[int, int]:
+    """(start, end) of a training in ms from its history rows: it started when its first
+    epoch started (``time - epoch_seconds`` of row 1) and ended with its last row; ``now``
+    (ms) where the history says nothing."""
+    times = [_to_float(r.get("time")) for r in history]
+    durations = [_to_float(r.get("epoch_seconds")) for r in history]
+    start_time = now
+    if times and times[0] is not None:
+        start_time = int((times[0] - (durations[0] or 0.0)) * 1000)
+    last_times = [t for t in times if t is not None]
+    end_time = int(max(last_times) * 1000) if last_times else now
+    return start_time, end_time
+
+
+def _history_metrics(history: list[dict], logged: Mapping[str, set[int]], now: int) -> list:
+    """The per-epoch metrics of history rows as MLflow metrics: step = the ``epoch`` column,
+    timestamp = the ``time`` column (ms; ``now`` without one); the (key, step) pairs in
+    ``logged`` (key -> steps) and missing values left out."""
+    from mlflow.entities import Metric
+
+    metrics = []
+    for i, row in enumerate(history):
+        step = int(float(row.get("epoch", i)))
+        t = _to_float(row.get("time"))
+        ts = int(t * 1000) if t is not None else now
+        for col in row:
+            if col in HISTORY_INDEX_COLUMNS:
+                continue
+            key, value = _key(col), _to_float(row[col])
+            if value is None or step in logged.get(key, ()):
+                continue
+            metrics.append(Metric(key, value, ts, step))
+    return metrics
+
+
 # --------------------------------------------------------------------------- public: runs
 
 
@@ -1021,10 +1081,7 @@ def log_run(
     except runfiles.RunFileError as exc:
         raise RunFileTrackingError(f"{exc} (the run was not logged to MLflow)") from exc
     run_key, config_hash = _run_identity(info)
-    params = _flatten(info.get("config") or {})
-    for field in EFFECTIVE_TRAIN_FIELDS:  # what training used, not what the config asked for
-        if field in info:
-            params[_key(f"train.{field}")] = _param_value(info[field])
+    params = run_params(info)
 
     from segbench.io import owned_tempdir
 
@@ -1070,86 +1127,25 @@ def _log_run_into(
     """Log the run into one study's experiment; returns (MLflow run id, experiment id).
     ``model_home``: (study, experiment id, run id) of the run holding the model when this
     is not the run's home study (then ``log_model`` is false)."""
-    from segbench import __version__
     from mlflow.entities import Metric, Param, RunTag
 
     exp_id = _experiment_id(
         client, tracking_uri, study, Path(artifact_root) if artifact_root else None
     )
-    parent_id = _study_run_id(client, exp_id, study)  # None until the study is logged: it nests them
     now = int(time.time() * 1000)
-
-    # Times from the files: the run started when its first epoch started.
-    times = [_to_float(r.get("time")) for r in history]
-    durations = [_to_float(r.get("epoch_seconds")) for r in history]
-    start_time = now
-    if times and times[0] is not None:
-        start_time = int((times[0] - (durations[0] or 0.0)) * 1000)
-    last_times = [t for t in times if t is not None]
-    end_time = int(max(last_times) * 1000) if last_times else now
-
-    note = [f"Run `{run_key}` of study `{study}` ({info.get('epochs', '?')} epochs on "
-            f"{info.get('device', '?')}). Its files: `{run_dir.resolve()}`."]
-    tags = {
-        TAG_RUN_KEY: run_key,
-        TAG_CONFIG_HASH: config_hash,
-        TAG_KIND: "run",
-        "study": study,
-        "dataset": info.get("dataset", ""),
-        "model": info.get("model", ""),
-        "loss": info.get("loss", ""),
-        "seed": info.get("seed", ""),
-        "segbench.run_dir": str(run_dir.resolve()),
-        "segbench.version": __version__,
-    }
-    commit = _git_commit()
-    if commit:
-        tags["segbench.git_commit"] = commit
-    if info.get("device") is not None:
-        tags["device"] = info["device"]
-    for field in ("device", "epochs", "train_seconds", "resumed_from_epoch", "num_classes"):
-        if info.get(field) is not None:
-            tags[f"segbench.{field}"] = info[field]
-    if profile is not None:
-        tags["segbench.profile"] = Path(profile_path).name
-    if parent_id is not None:
-        tags[TAG_PARENT] = parent_id
-    if model_home is not None:
-        home_study, home_exp, home_run = model_home
-        tags[TAG_MODEL_RUN] = home_run
-        note.append(f"The trained model is logged once, in this run's copy in study `{home_study}`: "
-                    f"[open it](#/experiments/{home_exp}/runs/{home_run}).")
-    tags[TAG_NOTE] = "\n\n".join(note)
-    tags.update(extra_tags or {})
-    tags = {k: _tag(v) for k, v in tags.items()}
+    start_time, end_time = _run_times(history, now)  # from the files
+    tags = _run_tags(client, exp_id, study, run_dir, info, profile_path=profile_path if profile else None,
+                     model_home=model_home, extra_tags=extra_tags)
 
     # Find-or-create and the database writes under the store lock: two processes logging the
     # same run (two `segbench sync` at once) give one MLflow run with one copy of each metric.
     with _store_lock(tracking_uri):
-        run, created = _get_or_create_run(
-            client, exp_id, tag=TAG_RUN_KEY, value=run_key, config_hash=config_hash,
-            run_name=run_name(info), start_time=start_time, tags=tags,
-        )
-        if not created and any(run.data.params.get(k, v) != v for k, v in params.items()):
-            # logged by an older segbench with other param values (train.amp as the config
-            # asked, not as training ran): MLflow's params cannot change, so log it afresh
-            client.delete_run(run.info.run_id)
-            run = client.create_run(exp_id, start_time=start_time, tags=tags, run_name=run_name(info))
-            created = True
+        run, created = _training_run(client, exp_id, info, params, tags, start_time)
         run_id = run.info.run_id
 
-        # Per-epoch metrics: step = epoch, timestamp = the `time` column.
-        columns = [c for c in (history[0].keys() if history else []) if c not in HISTORY_INDEX_COLUMNS]
-        logged = {} if created else _metric_history(client, run, [_key(c) for c in columns])
-        metrics: list = []
-        for i, row in enumerate(history):
-            step = int(float(row.get("epoch", i)))
-            ts = int(times[i] * 1000) if times[i] is not None else now
-            for col in columns:
-                key, value = _key(col), _to_float(row[col])
-                if value is None or step in logged.get(key, ()):
-                    continue
-                metrics.append(Metric(key, value, ts, step))
+        # Per-epoch metrics (those live logging missed): step = epoch, timestamp = the `time` column.
+        logged = {} if created else _metric_history(client, run, _history_keys(history))
+        metrics = _history_metrics(history, logged, now)
 
         # Summary metrics (step 0): logged when absent or when their latest value changed.
         summary: dict[str, float] = {}
@@ -1207,8 +1203,339 @@ def _log_run_into(
         uri = _log_model(client, tracking_uri, run_id, run_dir, info, final)
         client.set_tag(run_id, TAG_MODEL_URI, uri)
 
-    client.set_terminated(run_id, status="FINISHED", end_time=max(end_time, start_time))
+    run = client.get_run(run_id)
+    if run.info.start_time is not None and run.info.start_time > end_time:
+        # a later training of the same config started after these files' training ended (its
+        # live run, RUNNING or FAILED): its status is its own, not this finished training's
+        _note(f"MLflow run {run_id} ({run_key} in {study}) belongs to a training that started after the "
+              f"one in {run_dir} ended; its status {run.info.status} is kept")
+    else:  # trained to the end and evaluated: FINISHED, ended with its last epoch (start time kept)
+        client.set_terminated(run_id, status="FINISHED", end_time=max(end_time, run.info.start_time or 0))
     return run_id, exp_id
+
+
+def _run_tags(client, exp_id: str, study: str, run_dir: Path, info: Mapping[str, Any], *,
+              profile_path=None, model_home=None, extra_tags=None) -> dict[str, str]:
+    """The tags of a training's MLflow run in one study (identity, description, parent study
+    run, model home), from its run.json content ``info``; shared by :func:`log_run` and the
+    live logger (:class:`LiveRun`). ``profile_path``: the profile logged with it, if any."""
+    from segbench import __version__
+
+    run_key, config_hash = _run_identity(info)
+    parent_id = _study_run_id(client, exp_id, study)  # None until the study is logged: it nests them
+    note = [f"Run `{run_key}` of study `{study}` ({info.get('epochs', '?')} epochs on "
+            f"{info.get('device', '?')}). Its files: `{run_dir.resolve()}`."]
+    tags = {
+        TAG_RUN_KEY: run_key,
+        TAG_CONFIG_HASH: config_hash,
+        TAG_KIND: "run",
+        "study": study,
+        "dataset": info.get("dataset", ""),
+        "model": info.get("model", ""),
+        "loss": info.get("loss", ""),
+        "seed": info.get("seed", ""),
+        "segbench.run_dir": str(run_dir.resolve()),
+        "segbench.version": __version__,
+    }
+    commit = _git_commit()
+    if commit:
+        tags["segbench.git_commit"] = commit
+    if info.get("device") is not None:
+        tags["device"] = info["device"]
+    for field in ("device", "epochs", "train_seconds", "resumed_from_epoch", "num_classes"):
+        if info.get(field) is not None:
+            tags[f"segbench.{field}"] = info[field]
+    if profile_path is not None:
+        tags["segbench.profile"] = Path(profile_path).name
+    if parent_id is not None:
+        tags[TAG_PARENT] = parent_id
+    if model_home is not None:
+        home_study, home_exp, home_run = model_home
+        tags[TAG_MODEL_RUN] = home_run
+        note.append(f"The trained model is logged once, in this run's copy in study `{home_study}`: "
+                    f"[open it](#/experiments/{home_exp}/runs/{home_run}).")
+    tags[TAG_NOTE] = "\n\n".join(note)
+    tags.update(extra_tags or {})
+    return {k: _tag(v) for k, v in tags.items()}
+
+
+def _training_run(client, exp_id: str, info: Mapping[str, Any], params: Mapping[str, str],
+                  tags: Mapping[str, str], start_time: int):
+    """Find (by run key and config hash) or create the MLflow run of a training; returns
+    (run, created). Call under the store lock. A run whose logged params differ from
+    ``params`` is deleted and made afresh (MLflow's params cannot change)."""
+    run_key, config_hash = _run_identity(info)
+    run, created = _get_or_create_run(
+        client, exp_id, tag=TAG_RUN_KEY, value=run_key, config_hash=config_hash,
+        run_name=run_name(info), start_time=start_time, tags=tags,
+    )
+    if not created and any(run.data.params.get(k, v) != v for k, v in params.items()):
+        # logged by an older segbench with other param values (train.amp as the config
+        # asked, not as training ran): log it afresh
+        client.delete_run(run.info.run_id)
+        run = client.create_run(exp_id, start_time=start_time, tags=tags, run_name=run_name(info))
+        created = True
+    return run, created
+
+
+def _history_keys(history: list[dict]) -> list[str]:
+    """The metric keys of history rows (every column but epoch and time)."""
+    return list(dict.fromkeys(_key(c) for row in history for c in row if c not in HISTORY_INDEX_COLUMNS))
+
+
+# --------------------------------------------------------------------------- live logging of a training
+#
+# A training logs into MLflow as it runs (:class:`LiveRun`), into the MLflow run that the
+# track step (:func:`log_run`) later completes: the same identity (tag segbench.run_key,
+# config hash), tags, name, parent and params (:func:`_run_tags`, :func:`_training_run`,
+# :func:`run_params`). Best effort: every MLflow call is made on one background thread.
+
+LIVE_ENV = "SEGBENCH_MLFLOW_LIVE"  # JSON: {"tracking_uri", "artifact_root", "home": {run key: study}}
+LIVE_WAIT_SECONDS = 10.0  # at the end, how long the trainer waits for the logging thread
+SYSTEM_EVERY_SECONDS = 10.0  # how often the system metrics are sampled
+LIVE_QUEUE_SIZE = 1000  # events waiting for the thread; beyond that, dropped (the track step fills in)
+# history.csv columns whose last logged step says up to which epoch a run is logged: train_loss
+# is logged every epoch, val_mIoU at validations
+LIVE_STEP_KEYS = ("train_loss", "val_mIoU")
+SYSTEM_PREFIX = "system/"  # as MLflow's system-metrics monitor: the UI's System metrics tab
+
+
+def live_env(tracking_uri: str, artifact_root: str | None, home: Mapping[str, str]) -> str:
+    """The value of ``$SEGBENCH_MLFLOW_LIVE`` (set by the Snakefile): where trainings log live.
+    ``artifact_root``: where new experiments keep their artifacts (None: a tracking server's
+    choice); ``home``: run key -> the run's home study (the first study of the config citing it)."""
+    return json.dumps({"tracking_uri": tracking_uri, "artifact_root": artifact_root, "home": dict(home)},
+                      sort_keys=True)
+
+
+def live_run_for(run_key: str, *, tracking_uri: str | None = None, study: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> "LiveRun | None":
+    """The live logger of the training of ``run_key``, or None for no live logging.
+
+    ``tracking_uri`` and ``study`` (``segbench train --tracking-uri URI --study S``, for use by
+    hand) win; both or neither must be given. Else ``$SEGBENCH_MLFLOW_LIVE`` (:func:`live_env`)
+    says where, with the run's home study; unset: None, silently. An unreadable value, or one
+    naming no home for ``run_key``: one warning line on stderr, and None.
+    """
+    if tracking_uri is not None or study is not None:
+        if tracking_uri is None or study is None:
+            raise UserError("segbench train: --tracking-uri and --study go together (the MLflow store and "
+                            "the study whose experiment the training logs into); give both, or neither")
+        return LiveRun(tracking_uri, study)
+    text = (os.environ if environ is None else environ).get(LIVE_ENV)
+    if not text:
+        return None
+    try:
+        conf = json.loads(text)
+        uri, home, root = conf["tracking_uri"], conf["home"][run_key], conf.get("artifact_root")
+        if not (isinstance(uri, str) and isinstance(home, str)):
+            raise TypeError("tracking_uri and the home study must be strings")
+    except (ValueError, KeyError, TypeError) as exc:
+        _note(f"warning: ${LIVE_ENV} is unreadable or names no home study for run {run_key} "
+              f"({type(exc).__name__}: {exc}); this training is not logged live to MLflow (the track "
+              "step logs it after evaluation)")
+        return None
+    return LiveRun(uri, home, root)
+
+
+class LiveRun:
+    """Logs one training into MLflow while it runs: :meth:`start` (the run RUNNING, its params,
+    tags and the epochs of a resumed history), :meth:`epoch` after each epoch (the history row
+    as metrics, step = epoch, timestamp = the row's ``time``), :meth:`end` (FINISHED, FAILED
+    or KILLED, end time now). Every ``system_every`` seconds in between, system metrics under
+    ``system/`` (:func:`_system_metrics`), and once more at the end; step = whole seconds
+    since the run's start (so a resumed training's samples follow the earlier ones).
+
+    Best effort, never slowing training: the trainer only enqueues (a full queue drops the
+    event, noted once); every MLflow call runs on one background thread, which imports mlflow
+    itself; its first exception is printed once as a warning (naming the tracking URI) and
+    ends its logging; :meth:`end` waits at most ``wait`` seconds for it. (The one cost left:
+    while the thread imports mlflow, about 2 s of CPU at the start, it competes with the
+    training for the CPU and the GIL; measured on a tiny CPU run, the first epochs took 2-3 s
+    longer in all, the later ones no longer than without logging.) The run directory stays
+    the truth: the track step (:func:`log_run`) fills in whatever this missed.
+
+    The MLflow run is found by its run key and config hash (a resumed training continues its
+    run, RUNNING again, and logs only the epochs after the last one logged: no step twice) or
+    created (start time: the training's start). A run that holds epochs beyond the history
+    being resumed (a training started again from scratch) is replaced by a fresh one.
+    """
+
+    def __init__(self, tracking_uri: str, study: str, artifact_root: str | os.PathLike | None = None, *,
+                 system_every: float = SYSTEM_EVERY_SECONDS, queue_size: int = LIVE_QUEUE_SIZE,
+                 wait: float = LIVE_WAIT_SECONDS):
+        self.tracking_uri, self.study = tracking_uri, study
+        self.wait = wait
+        self.artifact_root = Path(artifact_root) if artifact_root else None
+        self.system_every = system_every
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._thread: threading.Thread | None = None
+        self._failed = threading.Event()
+        self._dropped = False
+        # the thread's state
+        self._client = None
+        self._run_id: str | None = None
+        self._run_start = 0.0  # the MLflow run's start time (s)
+        self._last_step = 0  # the last epoch logged
+        self._next_sample = 0.0  # time.monotonic() of the next system sample
+
+    # -- called by the trainer: start and epoch return at once, end within ``wait`` seconds
+    def start(self, info: Mapping[str, Any], run_dir: str | os.PathLike, history: list[dict],
+              start_time: float) -> None:
+        """Start the thread and log the run's start. ``info``: the training's run.json record
+        (its params and tags are logged as run.json will give them to the track step);
+        ``history``: the epochs resumed from the checkpoint; ``start_time``: unix seconds."""
+        info = json.loads(json.dumps(info))  # as run.json holds it (tuples -> lists, ...)
+        self._thread = threading.Thread(target=self._work, name="segbench-mlflow-live", daemon=True)
+        self._thread.start()
+        self._put(("start", info, Path(run_dir), [dict(r) for r in history], start_time))
+
+    def epoch(self, row: Mapping[str, Any]) -> None:
+        """Log a finished epoch's history row (``epoch``: its 1-based number)."""
+        self._put(("epoch", dict(row)))
+
+    def end(self, status: str) -> None:
+        """Log the end (``FINISHED``, ``FAILED`` or ``KILLED``) and wait at most ``wait``
+        seconds (the constructor's) for the thread to log everything queued; then return
+        whatever it did."""
+        if self._thread is None:
+            return
+        wait = self.wait
+        deadline = time.monotonic() + wait
+        self._put(("end", status, time.time()), timeout=wait)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive() and not self._failed.is_set():
+            _note(f"warning: MLflow live logging to {self.tracking_uri!r} did not finish within {wait:.0f} s; "
+                  "the training ends without waiting for it (the track step fills MLflow in from the run "
+                  "directory after evaluation, or `segbench sync`)")
+
+    def _put(self, item: tuple, timeout: float | None = None) -> None:
+        if self._failed.is_set():
+            return
+        try:
+            self._queue.put(item, block=timeout is not None, timeout=timeout)
+        except queue.Full:
+            if not self._dropped:
+                self._dropped = True
+                _note(f"warning: MLflow live logging to {self.tracking_uri!r} is behind; dropped a {item[0]} "
+                      "event (the track step fills MLflow in from the run directory after evaluation)")
+
+    # -- the background thread
+    def _work(self) -> None:
+        try:
+            self._serve()
+        except Exception as exc:  # noqa: BLE001 - best effort: training goes on, the track step fills in
+            self._failed.set()
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            _note(f"warning: MLflow live logging to {self.tracking_uri!r} stopped ({type(exc).__name__}: "
+                  f"{first}); training goes on, and the track step fills MLflow in from the run directory "
+                  "after evaluation (or run `segbench sync`)")
+
+    def _serve(self) -> None:
+        while True:
+            timeout = None if self._run_id is None else max(0.0, self._next_sample - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if self._run_id is not None and time.monotonic() >= self._next_sample:
+                self._log_system()
+            if item is None:
+                continue
+            kind, *args = item
+            if kind == "start":
+                self._start(*args)
+            elif kind == "epoch":
+                self._epoch(*args)
+            else:
+                self._end(*args)
+                return
+
+    def _start(self, info: dict, run_dir: Path, history: list[dict], start_time: float) -> None:
+        from mlflow.entities import Param, RunTag
+
+        client = _connect(self.tracking_uri)
+        exp_id = _experiment_id(client, self.tracking_uri, self.study, self.artifact_root)
+        params = run_params(info)
+        tags = _run_tags(client, exp_id, self.study, run_dir, info)
+        now = int(start_time * 1000)
+        start_ms = min(now, _run_times(history, now)[0])
+        with _store_lock(self.tracking_uri):
+            run, created = _training_run(client, exp_id, info, params, tags, start_ms)
+            last = 0 if created else _last_logged_epoch(client, run)
+            if last > len(history):  # epochs this training has not (re)done: a start from scratch
+                client.delete_run(run.info.run_id)
+                run = client.create_run(exp_id, start_time=start_ms, tags=tags, run_name=run_name(info))
+                created, last = True, 0
+            run_id = run.info.run_id
+            if created:
+                new_params, new_tags = [Param(k, v) for k, v in params.items()], []
+            else:
+                client.update_run(run_id, status="RUNNING")
+                new_params = [Param(k, v) for k, v in params.items() if k not in run.data.params]
+                new_tags = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+            _log_batch(client, run_id, params=new_params, tags=new_tags)
+            _name_runs(client, exp_id, run_id, info)
+            self._run_start = (run.info.start_time or start_ms) / 1000
+        self._client, self._run_id, self._last_step = client, run_id, last
+        _system_metrics()  # CPU utilisation is measured from one call to the next: from now on
+        self._next_sample = time.monotonic() + self.system_every
+        for row in history:  # a resumed training: the epochs it resumes that are not logged yet
+            self._epoch(row)
+
+    def _epoch(self, row: dict) -> None:
+        step = int(float(row["epoch"]))
+        if step <= self._last_step:
+            return
+        with _store_lock(self.tracking_uri):
+            _log_batch(self._client, self._run_id, metrics=_history_metrics([row], {}, int(time.time() * 1000)))
+        self._last_step = step
+
+    def _end(self, status: str, end_time: float) -> None:
+        self._log_system()  # the last sample: even a short training has one
+        with _store_lock(self.tracking_uri):
+            self._client.set_terminated(self._run_id, status=status, end_time=int(end_time * 1000))
+
+    def _log_system(self) -> None:
+        from mlflow.entities import Metric
+
+        now = time.time()
+        step = max(0, int(now - self._run_start))
+        metrics = [Metric(SYSTEM_PREFIX + k, v, int(now * 1000), step) for k, v in _system_metrics().items()]
+        with _store_lock(self.tracking_uri):
+            _log_batch(self._client, self._run_id, metrics=metrics)
+        self._next_sample = time.monotonic() + self.system_every
+
+
+def _last_logged_epoch(client, run) -> int:
+    """The last epoch (step) of :data:`LIVE_STEP_KEYS` logged in ``run``; 0 if none."""
+    steps = [m.step for key in LIVE_STEP_KEYS if key in run.data.metrics
+             for m in client.get_metric_history(run.info.run_id, key)]
+    return max(steps, default=0)
+
+
+def _system_metrics() -> dict[str, float]:
+    """System metrics, named as MLflow's monitor names them (without its ``system/`` prefix):
+    CPU utilisation (%, since the previous call), the machine's used memory (MB, 1e6 bytes),
+    and this process's resident memory (MB); on CUDA, torch's allocated and peak allocated
+    memory of the current device (MB). Whatever cannot be read is left out."""
+    out: dict[str, float] = {}
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        out["cpu_utilization_percentage"] = float(psutil.cpu_percent(interval=None))
+        memory = psutil.virtual_memory()
+        out["system_memory_usage_megabytes"] = memory.used / 1e6
+        out["system_memory_usage_percentage"] = memory.used / memory.total * 100
+        out["process_memory_rss_megabytes"] = psutil.Process().memory_info().rss / 1e6
+    torch = sys.modules.get("torch")  # the trainer's: never imported here
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        i = torch.cuda.current_device()
+        out[f"gpu_{i}_memory_allocated_megabytes"] = torch.cuda.memory_allocated(i) / 1e6
+        out[f"gpu_{i}_max_memory_allocated_megabytes"] = torch.cuda.max_memory_allocated(i) / 1e6
+    return out
 
 
 # --------------------------------------------------------------------------- public: studies
@@ -1221,9 +1548,11 @@ def log_study(
     tracking_uri: str,
     artifact_root: str | os.PathLike | None = None,
     note: str | None = None,
+    register_best: bool = False,
 ) -> str:
     """Log the study-level run ``study:{study}`` with every file under tables/ and figures/;
-    ``note`` (:func:`study_note`), when given, becomes the experiment's description.
+    ``note`` (:func:`study_note`), when given, becomes the experiment's description;
+    ``register_best`` (the config's ``mlflow.register_best``): then :func:`register_best_model`.
 
     The study run is made the parent (``mlflow.parentRunId``) of every run of the study's
     experiment, so MLflow's UI nests them under it; runs logged later find it and nest
@@ -1266,6 +1595,12 @@ def log_study(
             rel_dir = p.parent.relative_to(study_dir).as_posix()
             client.log_artifact(run_id, str(p), artifact_path=rel_dir)
         client.set_terminated(run_id, status="FINISHED")
+        if register_best:
+            registered = register_best_model(study, tracking_uri)
+            if registered is not None:
+                _note(f"the best run of study {study} ({registered['run_name']}, final mIoU "
+                      f"{registered['final_mIoU']:.4f}) is version {registered['version']} of the registered "
+                      f"model {registered['name']}")
         return run_id
     except Exception as exc:
         raise TrackingError(
@@ -1274,6 +1609,58 @@ def log_study(
             "store is reachable, rerun snakemake (it retries skipped track jobs) or run "
             f"`segbench sync` (everything) or `segbench track-study {study} --dir {study_dir}`."
         ) from exc
+
+
+def registered_model_name(study: str) -> str:
+    """The registered model of a study's best run: ``segbench-{study}``."""
+    return f"{EXPERIMENT_PREFIX}{study}"
+
+
+def register_best_model(study: str, tracking_uri: str) -> dict | None:
+    """Register the model of the study's best run (highest ``final_mIoU`` among the runs of
+    its experiment whose model is logged: in this study if it is their home, else in the run
+    their tag ``segbench.model_run`` names) as a version of the registered model
+    :func:`registered_model_name`. A new version only when the best run changed (the latest
+    version is of another MLflow run). Returns {"name", "version", "run_id", "run_name",
+    "final_mIoU"}, or None when no run of the study has both a final mIoU and a logged model.
+    Ties go to the run started last."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = _connect(tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name(study))
+    if exp is None:
+        return None
+    best = None  # (final mIoU, the run in this study, the run holding its model)
+    for run in _find_runs(client, exp.experiment_id, TAG_KIND, "run"):  # newest first
+        miou = run.data.metrics.get("final_mIoU")
+        holder = run if TAG_MODEL_URI in run.data.tags else None
+        if holder is None and run.data.tags.get(TAG_MODEL_RUN):
+            holder = client.get_run(run.data.tags[TAG_MODEL_RUN])
+        if miou is None or holder is None or not holder.data.tags.get(TAG_MODEL_URI):
+            continue
+        if best is None or miou > best[0]:
+            best = (miou, run, holder)
+    if best is None:
+        return None
+    miou, run, holder = best
+    name = registered_model_name(study)
+    with _store_lock(tracking_uri):
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(
+                name, description=f"The model of the best run (by final mIoU on the val split) of the segbench "
+                                  f"study `{study}`: a new version each time another run becomes the best.")
+        versions = client.search_model_versions(f"name = '{name}'")
+        latest = max(versions, key=lambda v: int(v.version), default=None)
+        if latest is None or latest.run_id != holder.info.run_id:
+            mlflow.set_tracking_uri(tracking_uri)
+            latest = mlflow.register_model(holder.data.tags[TAG_MODEL_URI], name, await_registration_for=0,
+                                           tags={TAG_RUN_KEY: run.data.tags.get(TAG_RUN_KEY, ""),
+                                                 "final_mIoU": repr(miou)})
+    return {"name": name, "version": int(latest.version), "run_id": holder.info.run_id,
+            "run_name": run.info.run_name, "final_mIoU": miou}
 
 
 # --------------------------------------------------------------------------- records
@@ -1339,9 +1726,11 @@ def sync(
     log=print,
     log_model: bool = True,
     study_notes: Mapping[str, str] | None = None,
+    register_best: bool = False,
 ) -> dict:
     """Log every run directory under ``results/runs`` and every study under
-    ``results/studies`` into the store, and rewrite their records as logged.
+    ``results/studies`` into the store, and rewrite their records as logged
+    (``register_best``: the config's ``mlflow.register_best``, see :func:`log_study`).
 
     Idempotent: :func:`log_run` and :func:`log_study` update what is there. A run's studies
     are those the config gives it (``plan_studies``, run key -> studies) together with those
@@ -1413,7 +1802,7 @@ def sync(
     for study_dir in study_dirs:
         record_path = records / "studies" / f"{study_dir.name}.json"
         run_id = log_study(study_dir.name, study_dir, tracking_uri=tracking_uri,
-                           artifact_root=artifact_root)
+                           artifact_root=artifact_root, register_best=register_best)
         write_record(record_path, status=RECORD_LOGGED, round=_own_round(record_path),
                      tracking_uri=tracking_uri, study=study_dir.name, run_id=run_id,
                      dir=str(study_dir))

@@ -96,6 +96,8 @@ rule track_study:
         dir=lambda w, input: os.path.dirname(os.path.dirname(input.report)),
         # the experiment's description (training scale included): a changed one reruns this job
         note=lambda w: json.dumps(study_note(PLAN, w.study)),
+        # mlflow.register_best: the study's best model as registered model segbench-<study>
+        register="--register-best" if CFG["mlflow"]["register_best"] else "",
         round=lambda w: record_round(STUDY_RECORD.format(study=w.study)),
     log:
         f"{RESULTS}/logs/mlflow/studies/{{study}}.log",
@@ -108,7 +110,7 @@ rule track_study:
     conda:
         ENV
     shell:
-        "python -m segbench track-study {wildcards.study} --dir {params.dir} --note {params.note:q} "
+        "python -m segbench track-study {wildcards.study} --dir {params.dir} --note {params.note:q} {params.register} "
         "--tracking-uri {params.uri:q} --on-error skip --round {params.round} --out {output} > {log} 2>&1"
 
 

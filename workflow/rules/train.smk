@@ -1,5 +1,14 @@
 # Training: one job per run key. The run's resolved spec is a param, so changing one
 # model's (or loss's, or dataset's) entry reruns exactly the runs that use it.
+#
+# With MLflow enabled, a training logs live into its run's home study (params at its start,
+# each epoch's metrics as it ends, system metrics, status RUNNING then FINISHED, FAILED or
+# KILLED; docs/mlflow.md). Where to is no param of this rule (a changed tracking URI or a new
+# study citing the run must never retrain it): the Snakefile sets $SEGBENCH_MLFLOW_LIVE, JSON
+# {"tracking_uri", "artifact_root", "home": {run key: home study}} (tracking.live_env), which
+# `segbench train` reads (its --tracking-uri/--study, for use by hand, win). Best effort: a
+# store that is down never fails or slows training, and the track step (track.smk) fills in
+# whatever live logging missed.
 
 
 def run_spec_json(w) -> str:

@@ -46,6 +46,12 @@ snakemake named by ``$SEGBENCH_WORKFLOW_PID`` is gone, the next training step (l
 every second) stops the job with :class:`WorkflowGone`, keeping the last checkpoint, which a
 rerun resumes from. Unset (training run by hand): nothing is watched.
 
+Live MLflow logging (``live``, a :class:`segbench.tracking.LiveRun`, made by ``segbench
+train`` from ``$SEGBENCH_MLFLOW_LIVE`` or its ``--tracking-uri``/``--study``): the run's start
+(with the resumed history), each epoch's history row once its checkpoint is written, and
+the end (FINISHED, FAILED, KILLED: :func:`live_logging`). The loop only hands these over;
+the logging thread never fails or holds up training (docs/mlflow.md).
+
 Non-finite losses (``train.on_nonfinite``, :class:`NonFinitePolicy`): ``stop`` (default)
 ends the job with :class:`NonFiniteLoss`, naming the global step, the epoch, the batch's
 image files and the last good checkpoint; ``skip`` drops such a batch (no optimizer, scaler
@@ -120,19 +126,45 @@ class DiskFull(UserError):
 
 # ------------------------------------------------------------------ the run
 def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, live=None) -> dict:
     """Train the run ``spec`` on the prepared data in ``data_dir`` into ``out_dir`` (resuming
-    from its checkpoint there, if any); returns the record written to run.json."""
+    from its checkpoint there, if any); returns the record written to run.json. ``live``: a
+    :class:`segbench.tracking.LiveRun` that logs the training into MLflow as it runs, or None."""
     with run_dir_lock(Path(out_dir)):
         run = setup(spec, Path(data_dir), Path(out_dir), threads=threads, progress=progress)
         history = resume(run)
         start_epoch = len(history)
         print(run.summary(), flush=True)
         t_start = time.time()
-        for epoch in range(start_epoch, run.epochs):
-            history.append(train_epoch(run, epoch))
-            checkpoint(run, history)
-        return write_outputs(run, history, resumed_from=start_epoch, wall_seconds=time.time() - t_start)
+        with live_logging(live, run, history, t_start):
+            for epoch in range(start_epoch, run.epochs):
+                history.append(train_epoch(run, epoch))
+                checkpoint(run, history)
+                if live is not None:
+                    live.epoch(history[-1])
+            return write_outputs(run, history, resumed_from=start_epoch, wall_seconds=time.time() - t_start)
+
+
+@contextmanager
+def live_logging(live, run: Training, history: list[dict], t_start: float):
+    """Around the epochs: ``live`` (None: nothing) logs the start (with the resumed
+    ``history``) and then the end, FINISHED when the block returns, KILLED when it is stopped
+    (Ctrl-C, SIGTERM as SystemExit, the workflow gone: :class:`WorkflowGone`), FAILED when
+    it raises anything else. Never raises itself (the logging is best effort)."""
+    if live is None:
+        yield
+        return
+    live.start(run_record(run, history, resumed_from=len(history), wall_seconds=0.0), run.out_dir,
+               history, t_start)
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, WorkflowGone):
+        live.end("KILLED")
+        raise
+    except BaseException:
+        live.end("FAILED")
+        raise
+    live.end("FINISHED")
 
 
 @dataclass
@@ -682,8 +714,16 @@ def write_outputs(run: Training, history: list[dict], *, resumed_from: int, wall
     text = _history_csv(history)
     with _space_needed(run.out_dir / "history.csv", len(text)):
         write_text(run.out_dir / "history.csv", text)
+    record = run_record(run, history, resumed_from=resumed_from, wall_seconds=wall_seconds)
+    with _space_needed(run.out_dir / "run.json", len(json.dumps(record))):
+        write_json(run.out_dir / "run.json", record)
+    return record
+
+
+def run_record(run: Training, history: list[dict], *, resumed_from: int, wall_seconds: float) -> dict:
+    """run.json's record of the training ``run`` after the epochs of ``history``."""
     spec = run.spec
-    record = {
+    return {
         "run_key": spec["run_key"], "dataset": spec["dataset"]["name"], "model": spec["model"]["name"],
         "loss": spec["loss"]["name"], "seed": run.seed, "config": spec, "config_hash": run.config_hash,
         "num_classes": run.num_classes, "class_names": run.meta["class_names"], "palette": run.meta["palette"],
@@ -694,9 +734,6 @@ def write_outputs(run: Training, history: list[dict], *, resumed_from: int, wall
         "train_seconds": sum(r["epoch_seconds"] for r in history),
         "resumed_from_epoch": resumed_from or None, "wall_seconds_this_job": wall_seconds,
     }
-    with _space_needed(run.out_dir / "run.json", len(json.dumps(record))):
-        write_json(run.out_dir / "run.json", record)
-    return record
 
 
 def _history_csv(history: list[dict]) -> str:

@@ -34,6 +34,7 @@ BENCHES = {
     "bal": ("bench_bal.py", "BAL weight map vs a DeepLabV3 step"),
     "scale": ("bench_scale.py", "snakemake -n time, job counts"),
     "step": ("bench_step.py", "segbench's training loop vs a bare PyTorch loop, two models"),
+    "claims_metrics": ("bench_claims_metrics.py", "Boundary IoU + size recall vs an evaluation (<= 25%)"),
 }
 
 

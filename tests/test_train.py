@@ -180,6 +180,52 @@ def test_evaluate_writes_metrics_matching_confusion(data_dir, tmp_path):
     assert samples["images"].shape == (2, 64, 128, 3) and samples["preds"].shape == (2, 64, 128)
 
 
+def test_evaluate_stores_per_image_counts_that_match_single_image_passes(data_dir, tmp_path):
+    """The per-image arrays (docs/statistics.md) sum to the split's counts, and each image's
+    entry equals what a separate one-image pass of the model gives; metrics.json's interval
+    is the bootstrap of those arrays and holds the point value."""
+    import numpy as np
+
+    from segbench import stats
+    from segbench.data.dataset import SegmentationDataset, to_tensor
+    from segbench.engine.evaluate import evaluate_run, load_trained
+    from segbench.engine.train import train_run
+    from segbench.metrics import boundary_iou_counts, confusion_matrix, segment_recall_counts
+
+    run = tmp_path / "r"
+    train_run(spec_for(), data_dir, run, threads=1, progress=False)
+    metrics = evaluate_run(run, data_dir, batch_size=3, samples=0, threads=1, progress=False, n_boot=500)
+    conf = np.load(run / "confusion_per_image.npy")
+    boundary = np.load(run / "boundary_per_image.npy")
+    segments = np.load(run / "segments_per_image.npy")
+    ds = SegmentationDataset(data_dir / "manifest.csv", "val", None)
+    n = len(ds)
+    assert conf.shape == (n, 19, 19) and boundary.shape == (n, 2, 19) and segments.shape == (n, 3, 2)
+    assert conf.dtype == boundary.dtype == segments.dtype == np.int64
+    assert (conf.sum(0) == np.load(run / "confusion.npy")).all()
+
+    model, _ = load_trained(run)
+    for i in (0, n - 1):
+        image, label = ds[i][:2]
+        with torch.inference_mode():
+            pred = model(image[None]).argmax(1)[0]
+        label = torch.as_tensor(label)
+        assert (conf[i] == confusion_matrix(pred, label, 19).numpy()).all()
+        inter, union = boundary_iou_counts(pred, label, 19)
+        assert (boundary[i, 0] == inter.numpy()).all() and (boundary[i, 1] == union.numpy()).all()
+        assert (segments[i] == np.asarray(segment_recall_counts(pred, label, 19))).all()
+
+    low, high = metrics["mIoU_ci95"]
+    assert (low, high) == pytest.approx(stats.bootstrap_ci(conf, stats.miou, n_boot=500, seed=0))
+    assert low <= metrics["mIoU"] <= high
+    assert metrics["mBIoU"] == pytest.approx(float(stats.biou(boundary.sum(0))))
+    total = segments.sum(0)
+    for k, name in enumerate(("small", "medium", "large")):
+        want = total[k, 1] / total[k, 0] if total[k, 0] else None
+        assert metrics["size_recall"][name] == (pytest.approx(want) if want is not None else None)
+    assert metrics["ci_method"] == stats.CI_METHOD
+
+
 def test_val_images_of_different_sizes_are_padded_and_never_scored():
     from segbench.data.dataset import pad_collate
 

@@ -28,6 +28,7 @@ file               step        reader
 ``metrics.json``   evaluate    :func:`read_metrics`
 ``confusion.npy``  evaluate    :func:`read_confusion`
 ``samples.npz``    evaluate    :func:`read_samples`
+per-image arrays   evaluate    :func:`read_per_image` (``PER_IMAGE``)
 profile json       profile     :func:`read_profile`
 =================  ==========  ==================================================
 
@@ -55,6 +56,11 @@ PRODUCERS = {
     "metrics.json": "evaluate",
     "confusion.npy": "evaluate",
     "samples.npz": "evaluate",
+    "confusion_per_image.npy": "evaluate",
+    "boundary_per_image.npy": "evaluate",
+    "segments_per_image.npy": "evaluate",
+    "robustness.json": "robustness",
+    "corrupted_iou_per_image.npy": "robustness",
     "profile": "profile",
 }
 
@@ -76,6 +82,15 @@ SCORES = ("mIoU", "aAcc", "mAcc", "mDice")
 PER_CLASS = ("IoU", "Acc", "Dice")
 #: the keys of a profile json every reader relies on
 PROFILE_KEYS = ("model", "input_size", "params", "macs", "size_mb", "fps")
+#: the per-image arrays evaluation writes (docs/statistics.md), and their shapes past the
+#: image axis N (C: num_classes): the confusion matrix of each val image (rows ground truth),
+#: its Boundary IoU intersection and union per class, and its ground-truth segments and
+#: recalled segments per size bin (small, medium, large)
+PER_IMAGE = {
+    "confusion_per_image.npy": ("C", "C"),
+    "boundary_per_image.npy": (2, "C"),
+    "segments_per_image.npy": (3, 2),
+}
 #: the arrays of samples.npz
 SAMPLE_ARRAYS = ("images", "labels", "preds", "names")
 
@@ -330,6 +345,40 @@ def read_confusion(run_dir: str | os.PathLike, run: Mapping[str, Any] | None = N
         raise damaged(path, f"holds a {conf.dtype} array of shape {list(conf.shape)}, not the int64 "
                             f"[{c}, {c}] of run.json's num_classes")
     return conf
+
+
+def read_per_image(run_dir: str | os.PathLike, name: str, run: Mapping[str, Any] | None = None,
+                   metrics: Mapping[str, Any] | None = None):
+    """One of evaluation's per-image arrays (:data:`PER_IMAGE`): a non-negative integer numpy
+    array [N, ...] with N = metrics.json's ``num_images`` (``metrics`` when given) and C =
+    run.json's ``num_classes``. ``None`` when the file is absent (a run evaluated by an older
+    segbench: its tables show no interval)."""
+    import numpy as np
+
+    run_dir = Path(run_dir)
+    path = run_dir / name
+    if not path.exists():
+        return None
+    info = _run_json(run_dir, run)
+    if path.is_dir():  # (not read_bytes: ADE20K's confusions are hundreds of MB)
+        raise RunFileError(f"{path} is a directory, not a file; remove it (`rm -r {path}`) and run "
+                           f"`snakemake` again, whose {producer(path)} step writes the file", path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise damaged(path, f"is not a readable .npy array (truncated or damaged: {_first_line(e)})") from None
+    c = info["num_classes"]
+    tail = tuple(c if d == "C" else d for d in PER_IMAGE[name])
+    n = (metrics or {}).get("num_images")
+    if arr.ndim != 1 + len(tail) or tuple(arr.shape[1:]) != tail or arr.dtype.kind not in "iu":
+        want = ", ".join(["N", *map(str, tail)])
+        raise damaged(path, f"holds a {arr.dtype} array of shape {list(arr.shape)}, not the int64 [{want}] "
+                            f"of run.json's num_classes {c}")
+    if n is not None and arr.shape[0] != int(n):
+        raise damaged(path, f"holds {arr.shape[0]} images, but metrics.json says num_images {n}")
+    if arr.size and int(arr.min()) < 0:
+        raise damaged(path, "holds negative counts")
+    return arr
 
 
 def read_samples(run_dir: str | os.PathLike) -> dict:

@@ -59,7 +59,10 @@ def report_runs(study):
     return [PLAN.report_run(study, r) for r in study_runs(study)]
 
 
-RUN_FILES = ("model.pt", "history.csv", "run.json", "metrics.json", "confusion.npy", "samples.npz")
+PER_IMAGE_FILES = ("confusion_per_image.npy", "boundary_per_image.npy", "segments_per_image.npy")
+RUN_FILES = ("model.pt", "history.csv", "run.json", "metrics.json", "confusion.npy", "samples.npz") + PER_IMAGE_FILES
+#: what the robustness job writes into a run's folder when eval.corruptions is set
+ROBUSTNESS_FILES = ("robustness.json", "corrupted_iou_per_image.npy")
 
 
 def all_outputs():
@@ -75,6 +78,8 @@ def all_outputs():
     out += [f"{RESULTS}/data/{d}/{f}" for d in sorted({r.dataset for r in PLAN.runs})
             for f in ("manifest.csv", "meta.json")]
     out += [f"{PLAN.run_dir(r)}/{f}" for r in PLAN.runs for f in RUN_FILES]
+    if CFG["eval"]["corruptions"]:
+        out += [f"{PLAN.run_dir(r)}/{f}" for r in PLAN.runs for f in ROBUSTNESS_FILES]
     out += sorted({PLAN.profile_path(r) for r in PLAN.runs})
     if MLFLOW:
         out += [INIT_RECORD] + [f"{RESULTS}/mlflow/runs/{r.key}.json" for r in PLAN.runs]

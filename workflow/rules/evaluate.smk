@@ -10,6 +10,8 @@ rule evaluate:
         metrics=f"{RUN_DIR}/metrics.json",
         confusion=f"{RUN_DIR}/confusion.npy",
         samples=f"{RUN_DIR}/samples.npz",
+        # per val image: confusion, Boundary IoU counts, segments per size (docs/statistics.md)
+        per_image=[f"{RUN_DIR}/{name}" for name in PER_IMAGE_FILES],
     params:
         data=lambda w, input: os.path.dirname(input.manifest),
         run_dir=lambda w, input: os.path.dirname(input.run),
@@ -39,6 +41,7 @@ rule profile:
         channels_last=lambda w: str(PLAN.profile_channels_last(w.model)).lower(),
         warmup=CFG["profile"]["warmup"],
         iterations=CFG["profile"]["iterations"],
+        repeats=CFG["profile"]["repeats"],
     log:
         f"{RESULTS}/logs/profile/{{model}}-c{{classes}}-{{height}}x{{width}}.log",
     benchmark:
@@ -59,5 +62,45 @@ rule profile:
     shell:
         "python -m segbench profile --model-spec {params.spec:q} --classes {wildcards.classes} "
         "--size {wildcards.height}x{wildcards.width} --warmup {params.warmup} "
-        "--iterations {params.iterations} --channels-last {params.channels_last} --threads {threads} "
+        "--iterations {params.iterations} --repeats {params.repeats} --channels-last {params.channels_last} --threads {threads} "
         "--out {output} > {log} 2>&1"
+
+
+# Robustness (eval.corruptions; docs/robustness.md): the final model on corrupted copies of the
+# val images, a job of its own so that the clean metrics never wait for it. Changing the
+# corruptions or severities reruns these jobs only (they are params).
+from segbench.data.corruptions import CORRUPTIONS, SEVERITIES
+
+#: eval.corruptions; while it is null no target asks for robustness.json, and one asked for by
+#: hand gets every corruption at every severity
+ROBUSTNESS = CFG["eval"]["corruptions"] or {"names": list(CORRUPTIONS), "severities": list(SEVERITIES)}
+
+
+rule robustness:
+    input:
+        model=f"{RUN_DIR}/model.pt",
+        run=f"{RUN_DIR}/run.json",
+        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+    output:
+        robustness=f"{RUN_DIR}/robustness.json",
+        counts=f"{RUN_DIR}/corrupted_iou_per_image.npy",
+    params:
+        data=lambda w, input: os.path.dirname(input.manifest),
+        run_dir=lambda w, input: os.path.dirname(input.run),
+        batch=CFG["eval"]["batch_size"],
+        names=",".join(ROBUSTNESS["names"]),
+        severities=",".join(map(str, ROBUSTNESS["severities"])),
+    log:
+        f"{RESULTS}/logs/robustness/{{dataset}}/{{model}}/{{loss}}/s{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/robustness/{{dataset}}/{{model}}/{{loss}}/s{{seed}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda w, attempt: 4000 * attempt,
+        runtime=240,
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "python -m segbench robustness {params.run_dir} --data {params.data} --corruptions {params.names} "
+        "--severities {params.severities} --batch-size {params.batch} --threads {threads} > {log} 2>&1"

@@ -1,7 +1,19 @@
 """Evaluation of a trained run on the val split: one pass, the checkpoint read once.
 
-The confusion matrix is accumulated on the model's device with one bincount per batch
-(:func:`segbench.metrics.confusion_matrix`); metrics follow mmsegmentation's conventions. The model and
+Per val image (in manifest order) it keeps three small count arrays, from which every score
+and every interval of the reports is computed (docs/statistics.md, docs/metrics.md):
+
+* ``confusion_per_image.npy`` int64 [N, C, C]: the image's confusion matrix (rows ground
+  truth; :func:`segbench.metrics.confusion_matrix` on the image's unpadded pixels); they sum
+  to ``confusion.npy``;
+* ``boundary_per_image.npy`` int64 [N, 2, C]: Boundary IoU's intersection and union per
+  class (:func:`segbench.metrics.boundary_iou_counts`, d from the image's own diagonal);
+* ``segments_per_image.npy`` int64 [N, 3, 2]: ground-truth segments and recalled segments
+  per size bin (:func:`segbench.metrics.segment_recall_counts`).
+
+metrics.json holds the scores (mmsegmentation's conventions), ``mIoU_ci95`` and
+``mBIoU_ci95`` (percentile bootstrap over the val images: :mod:`segbench.stats`), mBIoU and
+per-class BIoU, the recall per object size, and the IoU of the thin classes. The model and
 the batches use the memory format the run was trained in (run.json's ``channels_last``; see
 ``train.channels_last``), so evaluation rounds like the training's own validation.
 """
@@ -9,6 +21,7 @@ the batches use the memory format the run was trained in (run.json's ``channels_
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import time
 from pathlib import Path
@@ -17,12 +30,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segbench import runfiles
+from segbench import runfiles, stats
 from segbench.data import DataError
 from segbench.data.dataset import SegmentationDataset, pad_collate
 from segbench.engine.common import progress_kwargs, setup_torch, trained_channels_last
-from segbench.io import atomic_path, read_json, write_json
-from segbench.metrics import confusion_matrix, scores
+from segbench.errors import UserError
+from segbench.io import atomic_path, write_json
+from segbench.metrics import (boundary_iou_counts, confusion_matrix, scores, segment_recall_counts,
+                              SIZE_BINS_RULE, size_thresholds, thin_class_indices)
 from segbench.models import build_model
 from segbench.models.pretrained import without_pretrained
 
@@ -70,58 +85,132 @@ def _stack(arrays: list[np.ndarray], shape: tuple, fill: int) -> np.ndarray:
     return out
 
 
-def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int = 4, samples: int = 4,
-                 threads: int | None = None, progress: bool = True) -> dict:
-    run_dir, data_dir = Path(run_dir), Path(data_dir)
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def _check_space(run_dir: Path, n_images: int, num_classes: int) -> None:
+    """The per-image arrays are N x C x C int64 (ADE20K: 2,000 x 150 x 150 = 360 MB): check the
+    memory and the disk they take before the pass, not after it."""
+    from segbench.data.download import free_bytes, human_bytes
+    from segbench.serve.inference import available_memory
+
+    need = 8 * n_images * (num_classes * num_classes + 2 * num_classes + 6)
+    if need < 64 << 20:
+        return
+    free = free_bytes(run_dir)
+    if 2 * need > free:  # the array, and its temporary copy while it is replaced
+        raise UserError(f"evaluating {run_dir} writes {human_bytes(need)} of per-image counts "
+                        f"({n_images} images x {num_classes}^2 confusions), but only {human_bytes(free)} is "
+                        "free there; free some disk space (or point `results:` at a larger disk) and run again")
+    available, source = available_memory()
+    if available is not None and need > available // 2:
+        raise UserError(f"evaluating {run_dir} holds {human_bytes(need)} of per-image counts in memory "
+                        f"({n_images} images x {num_classes}^2 confusions), more than half of the "
+                        f"{human_bytes(available)} available ({source}); run it where more memory is free "
+                        "(the evaluate rule's mem_mb resource)")
+
+
+def _collate_with_sizes(batch):
+    """pad_collate, and each image's own (height, width): scores count its unpadded pixels."""
+    images, labels, idx = pad_collate(batch)
+    return images, labels, idx, [tuple(lab.shape[-2:]) for _, lab, _ in batch]
+
+
+def _nan_to_none(values) -> list:
+    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in values]
+
+
+def load_for_evaluation(run_dir: Path, data_dir: Path, threads: int | None):
+    """The trained model of ``run_dir`` on this machine's device, in the memory format it was
+    trained in, and the val split of ``data_dir``, checked to have the run's classes; returns
+    (model, run.json record, dataset, channels_last, device). Shared by evaluate and robustness,
+    so that both score the same predictions."""
     device = setup_torch(threads)
     model, record = load_trained(run_dir, device)
     channels_last = trained_channels_last(record)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     num_classes = record["num_classes"]
-    meta_path = data_dir / "meta.json"
-    if meta_path.is_file():
-        data_classes = read_json(meta_path).get("num_classes")
-        if data_classes is not None and int(data_classes) != int(num_classes):
-            raise DataError(f"run {run_dir} was trained with {num_classes} classes but the dataset {data_dir} has "
-                            f"{data_classes} ({meta_path}): evaluate it on the dataset it was trained on "
-                            f"(run.json: dataset {record.get('dataset')!r})")
     ds = SegmentationDataset(data_dir / "manifest.csv", "val", None)
+    if ds.num_classes is not None and ds.num_classes != num_classes:
+        raise DataError(f"run {run_dir} was trained with {num_classes} classes but the dataset {data_dir} has "
+                        f"{ds.num_classes} ({ds.meta_path}): evaluate it on the dataset it was trained on "
+                        f"(run.json: dataset {record.get('dataset')!r})")
+    return model, record, ds, channels_last, device
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int = 4, samples: int = 4,
+                 threads: int | None = None, progress: bool = True, n_boot: int = 2000) -> dict:
+    run_dir, data_dir = Path(run_dir), Path(data_dir)
+    model, record, ds, channels_last, device = load_for_evaluation(run_dir, data_dir, threads)
+    num_classes = record["num_classes"]
+    _check_space(run_dir, len(ds), num_classes)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0,
-                                         collate_fn=pad_collate)
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+                                         collate_fn=_collate_with_sizes)
+    per_conf = np.zeros((len(ds), num_classes, num_classes), dtype=np.int64)
+    per_boundary = np.zeros((len(ds), 2, num_classes), dtype=np.int64)
+    per_segments = np.zeros((len(ds), 3, 2), dtype=np.int64)
     kept = {"images": [], "labels": [], "preds": [], "names": []}
-    t0, pixels = time.time(), 0
+    t0, pixels, claim_seconds = time.time(), 0, 0.0
     with torch.inference_mode():
-        for images, labels, idx in tqdm(loader, desc="evaluate", unit="batch", **progress_kwargs(progress)):
+        for images, labels, idx, sizes in tqdm(loader, desc="evaluate", unit="batch", **progress_kwargs(progress)):
             images, labels = images.to(device), labels.to(device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             pred = model(images).argmax(1)
-            conf += confusion_matrix(pred, labels, num_classes)
             pixels += labels.numel()
             for j, i in enumerate(idx.tolist()):
+                lh, lw = sizes[j]
+                p, t = pred[j, :lh, :lw], labels[j, :lh, :lw]
+                per_conf[i] = confusion_matrix(p, t, num_classes).cpu().numpy()
+                t1 = time.time()
+                inter, union = boundary_iou_counts(p, t, num_classes)
+                per_boundary[i, 0], per_boundary[i, 1] = inter.cpu().numpy(), union.cpu().numpy()
+                per_segments[i] = np.asarray(segment_recall_counts(p, t, num_classes))
+                claim_seconds += time.time() - t1
                 if len(kept["names"]) < samples:
                     image, label = ds.raw(i)
-                    lh, lw = label.shape
                     kept["images"].append(image)
                     kept["labels"].append(label)
-                    kept["preds"].append(pred[j, :lh, :lw].to(torch.uint8).cpu().numpy())
+                    kept["preds"].append(p.to(torch.uint8).cpu().numpy())
                     kept["names"].append(ds.name(i))
     seconds = time.time() - t0
-    conf = conf.cpu()
-    result = scores(conf)
+    conf = per_conf.sum(axis=0)
+    result = scores(torch.from_numpy(conf))
     h, w = ds.raw(0)[1].shape
+    boundary = per_boundary.sum(axis=0)
+    biou = [float(a / b) if b > 0 else math.nan for a, b in zip(boundary[0], boundary[1])]
+    seg = per_segments.sum(axis=0)
+    thin = thin_class_indices(record["class_names"])
+    thin_iou = [result["IoU"][c] for c in thin if not math.isnan(result["IoU"][c])]
+    t_small, t_large = size_thresholds(h, w)
     metrics = {
         "run_key": record["run_key"], "mIoU": result["mIoU"], "aAcc": result["aAcc"], "mAcc": result["mAcc"],
         "mDice": result["mDice"], "IoU": result["IoU"], "Acc": result["Acc"], "Dice": result["Dice"],
         "class_names": record["class_names"], "num_images": len(ds), "input_size": [h, w],
-        "eval_seconds": seconds, "metric_mpixel_per_s": pixels / 1e6 / max(seconds, 1e-9),
+        "mIoU_ci95": _nan_to_none(stats.bootstrap_ci(per_conf, stats.miou, n_boot=n_boot, seed=0)),
+        "mBIoU": float(stats.biou(boundary)), "BIoU": biou,
+        "mBIoU_ci95": _nan_to_none(stats.bootstrap_ci(per_boundary, stats.biou, n_boot=n_boot, seed=0)),
+        "size_recall": {name: (float(seg[k, 1] / seg[k, 0]) if seg[k, 0] else None)
+                        for k, name in enumerate(("small", "medium", "large"))},
+        "size_segments": {name: int(seg[k, 0]) for k, name in enumerate(("small", "medium", "large"))},
+        # thresholds scale with each image's area; these are those of the first val image
+        "size_bins": {"small_below_px": t_small, "large_from_px": t_large, "at_size": [h, w],
+                      "rule": SIZE_BINS_RULE},
+        "thin_classes": [record["class_names"][c] for c in thin],
+        "thin_mIoU": (sum(thin_iou) / len(thin_iou)) if thin_iou else None,
+        "ci_method": stats.CI_METHOD,
+        "eval_seconds": seconds, "claim_metrics_seconds": claim_seconds,
+        "metric_mpixel_per_s": pixels / 1e6 / max(seconds, 1e-9),
         "channels_last": channels_last,
     }
-    with atomic_path(run_dir / "confusion.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, conf.numpy())
+    _save_npy(run_dir / "confusion.npy", conf)
+    _save_npy(run_dir / "confusion_per_image.npy", per_conf)
+    _save_npy(run_dir / "boundary_per_image.npy", per_boundary)
+    _save_npy(run_dir / "segments_per_image.npy", per_segments)
     buf = io.BytesIO()
     np.savez_compressed(buf, images=_stack(kept["images"], (h, w, 3), 0),
                         labels=_stack(kept["labels"], (h, w), 255), preds=_stack(kept["preds"], (h, w), 255),
@@ -129,6 +218,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int =
     with atomic_path(run_dir / "samples.npz") as tmp:
         tmp.write_bytes(buf.getvalue())
     write_json(run_dir / "metrics.json", metrics)
-    print(f"{record['run_key']}: mIoU {metrics['mIoU']:.4f}, aAcc {metrics['aAcc']:.4f}, "
-          f"mDice {metrics['mDice']:.4f} on {len(ds)} val images", flush=True)
+    ci = "[{}, {}]".format(*(f"{v:.4f}" if v is not None else "n/a" for v in metrics["mIoU_ci95"]))
+    print(f"{record['run_key']}: mIoU {metrics['mIoU']:.4f} {ci} (95% bootstrap interval), mBIoU {metrics['mBIoU']:.4f}, "
+          f"aAcc {metrics['aAcc']:.4f}, mDice {metrics['mDice']:.4f} on {len(ds)} val images", flush=True)
     return metrics

@@ -224,10 +224,13 @@ def test_cross_markdown(runs, tmp_path):
     row = next(l for l in lines if l.startswith("| synthetic") and "| unet " in l and "| ce " in l)
     cells = [c.strip() for c in row.strip("|").split("|")]
     header = [c.strip() for c in next(l for l in lines if l.startswith("| dataset")).strip("|").split("|")]
-    assert header[5:9] == ["mIoU (%)", "aAcc (%)", "mAcc (%)", "mDice (%)"]  # mDice as in the summaries
-    # mDice of each run is its mIoU + 0.1: 0.60 and 0.64 -> 62.00 ± 2.83
-    assert cells == ["synthetic", "unet", "ce", "unet_segnet, gradnet", "2", "52.00 ± 2.83", "82.00 ± 2.83",
-                     "62.00 ± 2.83", "62.00 ± 2.83", "31.00M", "50.00G", "10.0", "124.0", "yes", "yes"]
+    # mDice as in the summaries; the mIoU's interval beside it
+    assert header[5:10] == ["mIoU (%)", "mIoU 95% CI (%)", "aAcc (%)", "mAcc (%)", "mDice (%)"]
+    # mDice of each run is its mIoU + 0.1: 0.60 and 0.64 -> 62.00 ± 2.83; these runs have no
+    # per-image confusions and the profiles no repeats: "—" for the interval and the fps spread
+    assert cells == ["synthetic", "unet", "ce", "unet_segnet, gradnet", "2", "52.00 ± 2.83", "—", "82.00 ± 2.83",
+                     "62.00 ± 2.83", "62.00 ± 2.83", "31.00M", "50.00G", "10.0 ± —", "124.0", "yes", "yes"]
+    assert "no interval: unet / ce" in text and "fps ± —" in text
     seg = next(l for l in lines if "| segnet " in l)
     cells = [c.strip() for c in seg.strip("|").split("|")]
     assert cells[4:6] == ["1", "45.00"] and cells[-2:] == ["", ""]

@@ -83,6 +83,14 @@ def cells(md: str, first: str, second: str | None = None) -> list[str]:
     raise AssertionError(f"no row {first!r} / {second!r} in\n{md}")
 
 
+def split(md: str) -> tuple[str, str]:
+    """A paper table's markdown: our table (our runs, intervals, Δ, verdicts, our costs) and the
+    secondary table of the published figures beside ours, under its own heading."""
+    main, _, against = md.partition("Against the paper's figures (")
+    assert against, f"no secondary table in\n{md}"
+    return main, against
+
+
 def nan_list(series) -> list:
     return [None if pd.isna(v) else v for v in series]
 
@@ -168,21 +176,20 @@ def test_gradnet_table3_rows_figures_and_seeds(tmp_path):
     assert nan_list(t["paper_MB"]) == [22.1, 30.6, 28.7, 32.6, 26.1, 28.8, 32.1, None]
     g = t.iloc[0]
     assert g["ours"] == "gradnet / dice" and g["seeds"] == 2
-    # mIoU 40 and 43 %: mean 41.5, sample std 3 / sqrt(2); diff 41.5 - 88.6 = -47.1
+    # mIoU 40 and 43 %: mean 41.5, sample std 3 / sqrt(2); the paper's AUC is another measure: no diff
     assert g["ours_mIoU_mean"] == pytest.approx(41.5)
     assert g["ours_mIoU_std"] == pytest.approx(3 / SQRT2)
-    assert g["diff_mIoU"] == pytest.approx(-47.1)
+    assert not [c for c in t.columns if c.startswith("diff")]
     # costs from the seed-0 profile: 1.234 G MACs, 5.53 M params
     assert g["ours_GMACs"] == pytest.approx(1.234) and g["ours_params_M"] == pytest.approx(5.53)
     assert g["ours_fps"] == pytest.approx(41.25) and g["ours_MB"] == pytest.approx(22.12)
     u = t.iloc[2]
     assert u["ours"] == "unet / dice" and u["seeds"] == 1 and math.isnan(u["ours_mIoU_std"])
-    assert u["diff_mIoU"] == pytest.approx(30 - 78.4)
     snake = t.iloc[1]
-    assert snake["seeds"] == 0 and math.isnan(snake["ours_mIoU_mean"]) and math.isnan(snake["diff_mIoU"])
+    assert snake["seeds"] == 0 and math.isnan(snake["ours_mIoU_mean"])
     extra = t.iloc[7]
     assert extra["ours"] == "segnet / dice" and not extra["in_paper"]
-    assert extra["ours_mIoU_mean"] == pytest.approx(25.0) and math.isnan(extra["diff_mIoU"])
+    assert extra["ours_mIoU_mean"] == pytest.approx(25.0)
 
     md = (tmp_path / "out" / "tables" / "paper_gradnet_t3.md").read_text()
     assert "AUC" in md and "mIoU" in md and "Jia" in md
@@ -190,13 +197,17 @@ def test_gradnet_table3_rows_figures_and_seeds(tmp_path):
     assert "Cityscapes, 8 categories" in head and "crop 500x500" in head
     assert "`synthetic`" in head and "128x256" in head and "5 epochs" in head and "batch 4" in head
     assert "width=16" in head and "cpu, 2 threads" in head
-    assert cells(md, "GraDNet")[:7] == ["GraDNet", "gradnet / dice", "2", "41.50 ± 2.12", "88.6", "-47.10", "41.2"]
-    assert cells(md, "Deep Snake")[1:4] == ["—", "—", "—"]
-    # Deep Snake: AUC, fps and MB as published (the paper cells of the markdown)
-    assert cells(md, "Deep Snake")[4] == "82.4" and cells(md, "Deep Snake")[7:10] == ["14.6", "—", "30.6"]
+    main, against = split(md)
+    # ours first: mIoU, its interval ("—": these runs have no per-image files), our fps
+    assert cells(main, "GraDNet")[:6] == ["GraDNet", "gradnet / dice", "2", "41.50 ± 2.12", "—", "41.2"]
+    assert cells(main, "Deep Snake")[1:5] == ["—", "—", "—", "—"]
+    # the published AUC beside our mIoU, never subtracted; fps and MB as published
+    assert cells(against, "GraDNet")[:6] == ["GraDNet", "gradnet / dice", "41.50", "88.6", "28.6", "22.1"]
+    assert "diff" not in against.split("\n\n")[1]  # no difference column in the table
+    assert cells(against, "Deep Snake")[3] == "82.4" and cells(against, "Deep Snake")[4:6] == ["14.6", "30.6"]
     # our run in no paper row: its paper cells are dashes, never "nan" or empty
-    extra_md = cells(md, "(not in paper)")
-    assert extra_md[1] == "segnet / dice" and extra_md[4] == "—" and extra_md[7] == "—" and extra_md[9] == "—"
+    extra_md = cells(against, "(not in paper)")
+    assert extra_md[1] == "segnet / dice" and extra_md[3:6] == ["—", "—", "—"]
     assert "nan" not in md.lower() and "||" not in md.replace(" ", "")
     index = (tmp_path / "out" / "tables" / "paper_tables.md").read_text()
     assert "## GraDNet — Table 3" in index and "the gradnet study" in index
@@ -218,8 +229,8 @@ def test_gradnet_routes_ade20k_to_table2(tmp_path):
     assert list(t2["paper_MB"]) == [22.1, 30.6, 28.7, 32.6, 26.1, 28.8, 32.1]
     # a figure as the paper prints it: STS's AUC "69.0", not "69"
     md2 = (tmp_path / "o" / "tables" / "paper_gradnet_t2.md").read_text()
-    assert cells(md2, "STS")[4] == "69.0" and cells(md2, "STS")[7] == "14.7" and cells(md2, "STS")[9] == "32.1"
-    assert t2.iloc[0]["diff_mIoU"] == pytest.approx(20 - 73.8) and t2.iloc[2]["seeds"] == 0
+    assert cells(split(md2)[1], "STS")[3:6] == ["69.0", "14.7", "32.1"]
+    assert "diff_mIoU" not in t2.columns and t2.iloc[2]["seeds"] == 0
     t3 = read(tmp_path / "o" / "tables" / "paper_gradnet_t3.csv")
     assert t3.iloc[2]["ours"] == "unet / dice" and t3.iloc[0]["seeds"] == 0
     assert "ADE20K" in (tmp_path / "o" / "tables" / "paper_gradnet_t2.md").read_text().split("|")[0]
@@ -351,8 +362,12 @@ def test_pac_bal_tables(tmp_path):
     head = md.split("|")[0]
     assert "VOC 2012 val" in head and "ResNet-101" in head and "crop 513" in head and "30k iterations" in head
     assert "`synthetic`" in head and "depth=50" in head
-    c = cells(md, "ResNet + PAC")
-    assert c[1:9] == ["deeplabv3_pac / ce", "2", "52.25 ± 1.77", "76.97", "-24.72", "+1.25 ± 0.35", "+0.29", "+0.96"]
+    main, against = split(md)
+    # ours first: no per-image files here, so Δ ± the std of the paired differences and no verdict
+    c = cells(main, "ResNet + PAC")
+    assert c[1:8] == ["deeplabv3_pac / ce", "2", "52.25 ± 1.77", "—", "+1.25 ± 0.35", "—", "+0.29"]
+    c = cells(against, "ResNet + PAC")
+    assert c[1:8] == ["deeplabv3_pac / ce", "52.25", "76.97", "-24.72", "+1.25", "+0.29", "+0.96"]
     index = (out / "tables" / "paper_tables.md").read_text()
     assert index.index("Table 3") < index.index("Table 1") < index.index("Table 2")
 
@@ -460,14 +475,17 @@ def test_frm_tables(tmp_path):
     assert t3.iloc[3]["ours"] == "van_fpn_frm / ce_contrastive" and t3.iloc[3]["diff_mIoU"] == pytest.approx(55 - 64.9)
     md = (out / "tables" / "paper_frm_t1.md").read_text()
     assert "multiply-accumulates" in md and "2048x1024" in md.split("|")[0]
-    assert cells(md, "Ours (VAN-S)")[1:7] == ["van_fpn_frm / ce_contrastive", "1", "70.00", "80.8", "80.4", "-10.80"]
+    main, against = split(md)
+    assert cells(main, "Ours (VAN-S)")[1:9] == ["van_fpn_frm / ce_contrastive", "1", "70.00", "—", "12.5", "10.0",
+                                                "200.00", "16.00"]
+    assert cells(against, "Ours (VAN-S)")[1:6] == ["van_fpn_frm / ce_contrastive", "70.00", "80.8", "80.4", "-10.80"]
     # the paper's cells as printed: "-" of the paper is our dash; IFA's "78.0" keeps its digit
-    assert cells(md, "IFA (ResNet-50, 1024x1024)")[4:6] == ["78.0", "—"]
-    assert cells(md, "RTFormer-Base")[10] == "—" and cells(md, "RTFormer-Base")[12] == "16.8"
+    assert cells(against, "IFA (ResNet-50, 1024x1024)")[3:5] == ["78.0", "—"]
+    assert cells(against, "RTFormer-Base")[6:8] == ["—", "16.8"]
     assert "nan" not in md.lower()
-    md3 = (out / "tables" / "paper_frm_t3.md").read_text()
-    assert cells(md3, "PFnet (ResNet-50)")[9:12] == ["302.1", "—", "33.0"]
-    assert cells(md3, "HANet (ResNet-101)")[9:12] == ["—", "—", "65.4"]
+    md3 = split((out / "tables" / "paper_frm_t3.md").read_text())[1]
+    assert cells(md3, "PFnet (ResNet-50)")[5:7] == ["302.1", "33.0"]
+    assert cells(md3, "HANet (ResNet-101)")[5:7] == ["—", "65.4"]
 
 
 # --------------------------------------------------------------------------- U-Net vs SegNet

@@ -38,6 +38,9 @@ def _report_rule_inputs(study):
         files = []
         for r in study_runs(study):
             files += [f"{PLAN.run_dir(r)}/{f}" for f in ("run.json", "history.csv", "metrics.json", "samples.npz")]
+            files += [f"{PLAN.run_dir(r)}/{f}" for f in PER_IMAGE_FILES]
+            if CFG["eval"]["corruptions"]:  # the robustness table and the augmentation claim
+                files += [f"{PLAN.run_dir(r)}/{f}" for f in ROBUSTNESS_FILES]
             files.append(PLAN.profile_path(r))
         aug = augment_dataset(study)
         if aug:

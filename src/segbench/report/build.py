@@ -2,8 +2,10 @@
 
 - every study: ``tables/summary.{csv,md}`` and the figures of ``figures.build_study_report``;
 - a study of a paper: the paper's tables in its form, our figures beside the published
-  ones (``paper.write_paper_tables``); for the U-Net vs SegNet report also its Figure 6,
-  the augmentation examples (``augment_figure``);
+  ones (``paper.write_paper_tables``), and its claims table (``claims.write_claims``); for
+  the U-Net vs SegNet report also its Figure 6, the augmentation examples (``augment_figure``);
+- every study: the robustness table (``robustness.write_robustness``; a note when the runs
+  were not evaluated on corrupted images);
 - the cross study: the cross-study table and the accuracy-cost Pareto figures (``cross``).
 
 Every file it writes is declared in advance by ``outputs.study_outputs``; a mismatch is an
@@ -32,6 +34,12 @@ def build_report(study: Mapping[str, Any], runs: Iterable[Mapping[str, Any]], ou
         from segbench.report.paper import write_paper_tables
 
         written += write_paper_tables(dict(study), runs, out_dir)
+        from segbench.report.claims import write_claims
+
+        written += write_claims(dict(study), runs, out_dir)
+    from segbench.report.robustness import write_robustness
+
+    written += write_robustness(runs, out_dir, title=f"study {name}")
     if study.get("paper") == "unet_segnet":
         if not augment_data:
             raise ValueError(f"study {name}: the augmentation figure needs a prepared dataset "

@@ -3,6 +3,11 @@
 Every figure is drawn on a bare ``matplotlib.figure.Figure`` (Agg canvas, no pyplot, no
 global backend switch) and written atomically as a PNG. Nothing here imports torch or
 mlflow. ``build_study_report`` writes a study's tables and figures in one call.
+
+Accuracy against cost (here and in the cross study's Pareto figures) draws each method's
+95% mIoU interval as a vertical bar and the spread of fps over the profile's timing repeats
+as a horizontal one, on axes that are not zoomed onto noise: log cost axes spanning at
+least a factor :data:`MIN_COST_RATIO`, mIoU axes at least :data:`MIN_MIOU_SPAN` points.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from segbench import runfiles
 from segbench.io import atomic_path
@@ -280,7 +285,7 @@ def _place_labels(fig: Figure, ax, points: list[tuple[float, float, str, Any]]) 
     anns, offsets = [], []
     for x, y, text, colour in points:
         ann = ax.annotate(text, (x, y), xytext=(5, 4), textcoords="offset points",
-                          fontsize=8, color=colour, ha="left", va="bottom", bbox=_LABEL_BOX)
+                          fontsize=8, color=colour, ha="left", va="bottom", bbox=_LABEL_BOX, zorder=5)
         offset = (5, 4)
         if ann.get_window_extent(renderer).x1 > ax_box.x1:
             offset = (-5, 4)
@@ -306,7 +311,7 @@ def _place_labels(fig: Figure, ax, points: list[tuple[float, float, str, Any]]) 
             props = dict(text=ann.get_text(), xy=ann.xy, textcoords="offset points",
                          xytext=(offsets[i][0], offsets[i][1] + dy / px_per_pt),
                          fontsize=8, color=ann.get_color(), va="bottom",
-                         ha=ann.get_horizontalalignment(), bbox=_LABEL_BOX)
+                         ha=ann.get_horizontalalignment(), bbox=_LABEL_BOX, zorder=5)
             ann.remove()
             ax.annotate(**props, arrowprops=dict(arrowstyle="-", color="0.6", lw=0.6,
                                                  shrinkA=0, shrinkB=4))
@@ -337,58 +342,167 @@ def _device_note(df: pd.DataFrame) -> str:
     return "; ".join(dict.fromkeys(notes))
 
 
+# --------------------------------------------------------------------------- intervals and axes
+
+#: a mIoU axis spans at least this many points (%), so that differences inside the noise of
+#: a small val set do not fill the panel; wider when the intervals need it
+MIN_MIOU_SPAN = 10.0
+#: a cost axis (fps, MACs; log scale) spans at least this ratio, a factor 2 either side of
+#: the data's geometric middle: a 0.3-fps difference at 10 fps stays a small step
+MIN_COST_RATIO = 4.0
+
+
+def with_fps_std(df: pd.DataFrame, runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """``df`` (``collect_runs(runs)``: one row per run, in the order of ``runs``) plus a column
+    ``fps_std``: the sample standard deviation of fps over the profile's repeats (images per
+    second; :mod:`segbench.profiling`), NaN when unknown (a profile written before repeats,
+    or with one repeat). A value that is not a number >= 0 is a RunFileError naming the file."""
+    if len(df) != len(runs):
+        raise ValueError(f"with_fps_std: {len(df)} rows for {len(runs)} runs")
+    spreads = []
+    for run in runs:
+        prof = runfiles.read_profile(run["profile"])
+        v = prof.get("fps_std")
+        ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and not v < 0)
+        if not ok:
+            raise runfiles.damaged(run["profile"], f"says fps_std={v!r}, not a number >= 0", "profile")
+        spreads.append(math.nan if v is None else float(v))
+    return df.assign(fps_std=spreads)
+
+
+def method_points(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, model, loss) of a ``collect_runs`` frame, in order of appearance:
+    ``seeds``; ``mIoU`` (mean over seeds, fraction) with ``mIoU_std`` (sample std over seeds,
+    NaN for one) and ``mIoU_low`` / ``mIoU_high``, its 95% bootstrap interval
+    (:func:`segbench.report.tables.group_interval`: over images for one seed, over images and
+    seeds for several; NaN when a run has no per-image confusions); ``fps`` and ``fps_std``
+    (images/s, the profile's mean and spread over its repeats; NaN std when unknown or the
+    column is absent), ``MACs`` (count)."""
+    from segbench.report.tables import group_interval
+
+    if "fps_std" not in df.columns:
+        df = df.assign(fps_std=math.nan)
+    rows = []
+    for (ds, model, loss), g in df.groupby(["dataset", "model", "loss"], sort=False):
+        low, high = group_interval(g)
+        rows.append(dict(dataset=ds, model=model, loss=loss, seeds=len(g), mIoU=g["mIoU"].mean(),
+                         mIoU_std=g["mIoU"].std(), mIoU_low=low, mIoU_high=high,
+                         fps=g["fps"].iloc[0], fps_std=g["fps_std"].iloc[0], MACs=g["MACs"].iloc[0]))
+    return pd.DataFrame(rows)
+
+
+def miou_limits(values: Iterable[float], min_span: float = MIN_MIOU_SPAN) -> tuple[float, float]:
+    """y-limits (points) of a mIoU axis: the range of ``values`` (means and interval ends,
+    in points; NaN ignored) with 8% room either side, widened about its middle to at least
+    ``min_span`` points, and kept inside [0, 100] when it fits."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 100.0)
+    pad = 0.08 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    if hi - lo < min_span:
+        mid = (lo + hi) / 2
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+    if lo < 0 and hi - lo <= 100:
+        lo, hi = 0.0, hi - lo
+    if hi > 100 and hi - lo <= 100:
+        lo, hi = lo - (hi - 100), 100.0
+    return lo, hi
+
+
+def cost_limits(values: Iterable[float], min_ratio: float = MIN_COST_RATIO) -> tuple[float, float]:
+    """x-limits of a log cost axis: the range of the positive ``values`` (error-bar ends
+    included) with a factor 1.3 of room either side (for markers and labels), widened
+    geometrically about its middle to span at least ``min_ratio``."""
+    v = np.asarray([x for x in values if np.isfinite(x) and x > 0], dtype=float)
+    lo, hi = (float(v.min()) / 1.3, float(v.max()) * 1.3) if v.size else (1.0, 10.0)
+    if hi / lo < min_ratio:
+        mid = math.sqrt(lo * hi)
+        lo, hi = mid / math.sqrt(min_ratio), mid * math.sqrt(min_ratio)
+    return lo, hi
+
+
+def log_axis(ax, limits: tuple[float, float]) -> None:
+    """A log x-axis over ``limits`` with plain numbers as tick labels: every decade, and
+    1-2-5 (1-2-3-5-7 under a decade and a half) when the axis spans less than 30x."""
+    ratio = limits[1] / limits[0]
+    subs = (1.0,) if ratio >= 30 else (1.0, 2.0, 5.0) if ratio >= 12 else (1.0, 2.0, 3.0, 5.0, 7.0)
+    ax.set_xscale("log")
+    ax.set_xlim(*limits)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def interval_yerr(mean: float, low: float, high: float) -> np.ndarray | None:
+    """The asymmetric vertical error bar [[below], [above]] in points of a mIoU ``mean`` with
+    its interval [``low``, ``high``] (fractions); None when the interval is unknown (NaN)."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return None
+    return 100 * np.array([[max(mean - low, 0.0)], [max(high - mean, 0.0)]])
+
+
+def spread_xerr(std: float) -> float | None:
+    """The horizontal error bar of fps (±1 std over the profile's repeats), None when unknown."""
+    return float(std) if np.isfinite(std) else None
+
+
 def speed_accuracy(df: pd.DataFrame, path: str | os.PathLike, title: str | None = None) -> Path:
     """mIoU against fps and against MACs (G), one point per (dataset, model, loss).
 
-    Several seeds give the mean with a ±1 std error bar. Colour = model, marker = loss;
-    points are labelled ``model / loss``. The profile's device and threads go in the title.
+    ``df``: ``collect_runs`` rows, with ``fps_std`` (:func:`with_fps_std`) when known. Each
+    point is the mean over seeds; its vertical bar is the 95% bootstrap interval of the mIoU
+    (:func:`method_points`; none when a run lacks per-image confusions), its horizontal bar
+    on the fps panel ±1 std of fps over the profile's repeats (none when unknown). Both x
+    axes are log scale and span at least a factor :data:`MIN_COST_RATIO`; the mIoU axis at
+    least :data:`MIN_MIOU_SPAN` points (:func:`miou_limits`), so noise is not zoomed onto.
+    Colour = model, marker = loss; points are labelled ``model / loss``. The profile's
+    device and threads go in the title.
     """
     need = {"dataset", "model", "loss", "mIoU", "fps", "MACs"}
     missing = need - set(df.columns)
     if missing:
         raise ValueError(f"speed_accuracy: table lacks columns {sorted(missing)}")
-    g = df.groupby(["dataset", "model", "loss"], sort=False)
-    pts = g.agg(mIoU=("mIoU", "mean"), std=("mIoU", "std"), n=("mIoU", "size"),
-                fps=("fps", "mean"), MACs=("MACs", "mean")).reset_index()
+    pts = method_points(df)
     multi = pts["dataset"].nunique() > 1
     models = list(dict.fromkeys(pts["model"]))
     losses = list(dict.fromkeys(pts["loss"]))
     colour_of = dict(zip(models, _colours(len(models))))
     markers = "os^Dvp*hX<>"
     marker_of = {l: markers[i % len(markers)] for i, l in enumerate(losses)}
+    ylim = miou_limits(100 * pd.concat([pts["mIoU"], pts["mIoU_low"], pts["mIoU_high"]]))
     with matplotlib.rc_context(_RC):
-        fig = _figure(12.0, 4.8)
+        fig = _figure(12.0, 5.0)
         axes = fig.subplots(1, 2, sharey=True)
         all_labels = []
         for ax, (col, scale, xlabel) in zip(
-            axes, (("fps", 1.0, "throughput (fps, batch 1)"), ("MACs", 1e9, "MACs per image (G)"))
+            axes, (("fps", 1.0, "throughput (fps, batch 1, log scale)"), ("MACs", 1e9, "MACs per image (G, log scale)"))
         ):
-            labels = []
+            labels, xs = [], []
             for _, p in pts.iterrows():
                 x, y = p[col] / scale, 100 * p["mIoU"]
-                if not (np.isfinite(x) and np.isfinite(y)):
+                if not (np.isfinite(x) and np.isfinite(y) and x > 0):
                     continue
                 c = colour_of[p["model"]]
-                yerr = 100 * p["std"] if p["n"] > 1 and np.isfinite(p["std"]) else None
-                ax.errorbar(x, y, yerr=yerr, fmt=marker_of[p["loss"]], color=c, markersize=7,
-                            capsize=3, elinewidth=1, markeredgecolor="white", markeredgewidth=0.6)
+                xerr = spread_xerr(p["fps_std"]) if col == "fps" else None
+                yerr = interval_yerr(p["mIoU"], p["mIoU_low"], p["mIoU_high"])
+                ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt=marker_of[p["loss"]], color=c,
+                            markersize=7, capsize=3, elinewidth=1, markeredgecolor="white", markeredgewidth=0.6)
                 text = f"{p['model']} / {p['loss']}"
                 if multi:
                     text = f"{p['dataset']}: {text}"
                 labels.append((x, y, text, c))
-            xs = [x for x, *_ in labels]
-            if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
-                ax.set_xscale("log")
-                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-                ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.margins(x=0.15, y=0.15)
+                xs += [x] if xerr is None else [x - xerr, x + xerr]
+            log_axis(ax, cost_limits(xs))
+            ax.set_ylim(*ylim)
             ax.set_xlabel(xlabel)
-            ax.grid(True, alpha=0.3)
+            ax.grid(True, alpha=0.3, which="both")
             all_labels.append(labels)  # placed once the layout is known
-        axes[0].set_ylabel("mIoU (%)" + (" (mean ± std over seeds)" if (pts["n"] > 1).any() else ""))
+        axes[0].set_ylabel("mIoU (%)")
         head = title or "Accuracy vs cost"
         note = _device_note(df)
-        fig.suptitle(head + (f"\nfps measured on {note}" if note else ""))
+        caption = ("mean over seeds; vertical bars: 95% bootstrap interval of mIoU, horizontal: ±1 std of fps "
+                   "over the profile's repeats (no bar: not recorded)")
+        fig.suptitle(head + (f"\nfps measured on {note}" if note else "") + "\n" + caption, fontsize=9.5)
         for ax, labels in zip(axes, all_labels):
             _place_labels(fig, ax, labels)
         return _save(fig, path)
@@ -599,7 +713,7 @@ def build_study_report(study: str, runs: Iterable[RunLike], out_dir: str | os.Pa
     figs = out_dir / "figures"
     written = write_tables(df, out_dir / "tables", title=f"Study `{study}`")
     written.append(training_curves(runs, figs / "curves.png", title=f"Study {study}: training curves"))
-    written.append(speed_accuracy(df, figs / "speed_accuracy.png",
+    written.append(speed_accuracy(with_fps_std(df, runs), figs / "speed_accuracy.png",
                                   title=f"Study {study}: accuracy vs cost"))
     for ds in datasets:
         sub = [r for r in runs if r["dataset"] == ds]
@@ -615,10 +729,14 @@ __all__ = [
     "build_study_report",
     "curves_figure",
     "expected_outputs",
+    "cost_limits",
     "load_samples",
     "loss_functions",
+    "method_points",
+    "miou_limits",
     "per_class_iou",
     "qualitative_grid",
     "speed_accuracy",
     "training_curves",
+    "with_fps_std",
 ]

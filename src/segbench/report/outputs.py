@@ -18,6 +18,11 @@ CROSS_TABLE_MD = "tables/cross_study.md"
 CROSS_FIGURE_MACS = "figures/pareto_macs.png"
 CROSS_FIGURE_FPS = "figures/pareto_fps.png"
 
+#: every study of a paper: its claims, each with our Δ, interval and verdict (segbench.report.claims)
+CLAIMS_TABLES = ["tables/claims.csv", "tables/claims.md"]
+#: every study: mIoU under corruptions, or a note that robustness was not evaluated (segbench.report.robustness)
+ROBUSTNESS_TABLES = ["tables/robustness.csv", "tables/robustness.md"]
+
 
 def expected_cross_outputs() -> list[str]:
     """Paths, relative to the cross study's folder, that ``cross.build_cross_report`` writes."""
@@ -43,6 +48,8 @@ def study_outputs(study: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -
         from segbench.report.paper import expected_paper_outputs
 
         out += [p for p in expected_paper_outputs(study, runs) if p not in out]
+        out += CLAIMS_TABLES
+    out += ROBUSTNESS_TABLES
     if study.get("paper") == "unet_segnet":
         out.append(AUGMENTATIONS)
     if study.get("cross"):
@@ -64,7 +71,7 @@ def study_output_kind(rel: str) -> str | None:
         return None  # the same tables as paper_<table>.html
     if stem.startswith("paper_"):
         return "paper_table"
-    for kind in ("summary", "cross_study", "curves", "speed_accuracy", "per_class_iou", "qualitative",
+    for kind in ("summary", "claims", "robustness", "cross_study", "curves", "speed_accuracy", "per_class_iou", "qualitative",
                  "pareto_macs", "pareto_fps", "augmentations"):
         if stem == kind or stem.startswith(kind + "_"):
             return kind

@@ -71,6 +71,12 @@ are extra rows at its end, marked "(not in paper)" (or "(not in this table; see 
 when a row of another of the paper's tables is theirs); paper rows no run of ours matches keep
 their place with ours "—", so each table keeps the paper's rows in the paper's order.
 
+Markdown: our table first (our runs, mIoU with its 95% interval, Δ with its interval and the
+verdict, our costs), then, under "Against the paper's figures (other data, other scale)" (or
+"(the paper's dataset; ...)" when every run is on the table's ``source``), the published
+figures beside ours with the ours − paper differences: the papers measured on other data at
+another scale, so these are context, not tests.
+
 Δ (PAC + BAL): our Δ of a row is its mIoU minus the mIoU of our DeepLabV3 + CE run (model id
 ``deeplabv3``, loss ``ce``; one of the main matrix first) on the same dataset, both averaged
 over the seeds they have in common; the paper's Δ is published (Tables 1-2) or the row's mIoU
@@ -84,10 +90,16 @@ in the paper), ``method`` (the paper's name; for a run in no row of the table "(
 ``in_paper`` (the run fills a row of this table), ``ours``
 ("model / loss", empty when no run of ours fills the row), ``model, loss, seeds`` (number of
 seeds; 0 for a paper-only row), ``ours_mIoU_mean, ours_mIoU_std`` (sample std, n - 1),
+``ours_mIoU_low, ours_mIoU_high`` (95% interval: one seed, metrics.json's ``mIoU_ci95``;
+several, ``tables.seeds_interval`` over seeds and images; empty without per-image files),
 ``paper_<col>`` for each accuracy column the table publishes (``paper_AUC``, ``paper_mIoU``,
 ``paper_mIoU_val``, ``paper_mIoU_test``), ``diff_mIoU`` (ours mean − the compared paper
-column); for the Δ tables ``ours_delta, ours_delta_std`` (std of the paired differences),
-``paper_delta, diff_delta``; then ``ours_fps, ours_MB, ours_GMACs`` (10^9 multiply-accumulates:
+column; not for GraDNet, whose "AUC" is another measure); for the Δ tables ``ours_delta,
+ours_delta_std`` (std of the paired differences), ``ours_delta_low, ours_delta_high`` (95%
+interval, ``stats.bootstrap_delta_seeds`` on the per-image confusions over the common seeds;
+empty when a run lacks them or the runs were not evaluated on the same images), ``verdict``
+(``stats.verdict`` against the sign of the paper's Δ: holds, not significant, reversed; empty
+without an interval or where the paper's Δ is 0), ``paper_delta, diff_delta``; then ``ours_fps, ours_MB, ours_GMACs`` (10^9 multiply-accumulates:
 the papers' "GFLOPs"), ``ours_params_M`` each followed by ``paper_<cost>`` when the table
 publishes it. ``unet_segnet_final`` has ``table, dataset, model, loss, ours, seeds,
 train_epoch, val_epoch`` and ``{train,val}_{loss,mIoU,aAcc}_{mean,std}`` (mIoU, aAcc in %).
@@ -200,6 +212,11 @@ class PaperTable:
     delta: str | None = None
     baseline_row: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: the dataset source the paper measured on (``dataset_spec.source`` of a run on the same data)
+    source: str = ""
+    #: whether the compared column measures what our mIoU measures; False (GraDNet's "AUC"):
+    #: no ours − paper difference is computed
+    same_measure: bool = True
 
 
 def _row(id: str, method: str, model: str | None = None, loss: str | None = None,
@@ -219,15 +236,15 @@ PARAMS = Column("params_M", "params (M)", "params_M")
 #: our cost columns, from the profile: (kind, header)
 OUR_COSTS = (("fps", "fps"), ("MB", "MB"), ("GMACs", "MACs (G)"), ("params_M", "params (M)"))
 
-_GRADNET_NOTE = ("The paper heads its accuracy column “AUC (%)”; ours is mIoU (%), put beside it: "
-                 "diff = our mIoU − the paper's AUC, two different measures.")
+_GRADNET_NOTE = ("The paper heads its accuracy column “AUC (%)”; ours is mIoU (%), a different measure: the two "
+                 "stand side by side and no difference between them is computed.")
 _GRADNET_SCALE = ("crop 500x500, Adam, lr 1e-6, Dice loss, “epoch 24000”; speed and size on an RTX 2070")
 
 # --- GraDNet -----------------------------------------------------------------------------
 GRADNET_T2 = PaperTable(
     id="gradnet_t2", paper="gradnet", number=2, title="ADE20K",
     scale=f"ADE20K (150 classes), {_GRADNET_SCALE}",
-    columns=(Column("AUC", "AUC (%)", ACC), FPS, MB), compare="AUC",
+    columns=(Column("AUC", "AUC (%)", ACC), FPS, MB), compare="AUC", same_measure=False,
     rows=(
         _row("gradnet", "GraDNet", AUC=73.8, fps=20.1, MB=22.1),
         _row("deep-snake", "Deep Snake", AUC=67.4, fps=12.3, MB=30.6),
@@ -237,13 +254,13 @@ GRADNET_T2 = PaperTable(
         _row("ese", "ESE", AUC=65.3, fps=15.1, MB=28.8),
         _row("sts", "STS", AUC="69.0", fps=14.7, MB=32.1),
     ),
-    notes=(_GRADNET_NOTE,),
+    notes=(_GRADNET_NOTE,), source="ade20k",
 )
 GRADNET_T3 = PaperTable(
     id="gradnet_t3", paper="gradnet", number=3, title="Cityscapes, 8 categories",
     scale=(f"Cityscapes, 8 categories (our reading of the paper's “8 semantic classes”: void ignored, 7 scored), "
            f"{_GRADNET_SCALE} (the device stated with Table 2)"),
-    columns=(Column("AUC", "AUC (%)", ACC), FPS, MB), compare="AUC",
+    columns=(Column("AUC", "AUC (%)", ACC), FPS, MB), compare="AUC", same_measure=False,
     rows=(
         _row("gradnet", "GraDNet", AUC=88.6, fps=28.6, MB=22.1),
         _row("deep-snake", "Deep Snake", AUC=82.4, fps=14.6, MB=30.6),
@@ -254,14 +271,15 @@ GRADNET_T3 = PaperTable(
         _row("sts", "STS", AUC=63.2, fps=16.5, MB=32.1),
     ),
     notes=(_GRADNET_NOTE, "The paper's Table 3 names its second row “Deep”: Deep Snake, as in its Table 2; "
-           "its sizes (MB) are Table 2's."),
+           "its sizes (MB) are Table 2's."), source="cityscapes",
 )
 
 # --- PAC + BAL ---------------------------------------------------------------------------
 _PAC_SCALE = ("PASCAL VOC 2012 val (trained on VOC aug, 10,582 images), ResNet-101 (ImageNet), crop 513, "
               "scale 0.5-2.0, poly lr, 30k iterations, 2 GPUs x 8 images")
-_DELTA_NOTE = ("Δ = mIoU − mIoU of DeepLabV3 + CE on the same data; ours over the seeds both runs have "
-               "(± the sample std of the paired differences).")
+_DELTA_NOTE = ("Δ = mIoU − mIoU of DeepLabV3 + CE on the same data; ours over the seeds both runs have, with "
+               "its 95% interval over images and seeds (± the sample std of the paired differences where the "
+               "runs have no per-image confusions); verdict: our interval against the sign of the paper's Δ.")
 
 
 def _bal_row(delta: float, kernel: str, down: int, size: int, beta: float, sigma: float | None = None) -> Row:
@@ -292,7 +310,7 @@ PAC_BAL_T3 = PaperTable(
         _row("pac-bal", "ResNet + PAC + BAL", _BEST_PAC, _BEST_BAL, mIoU=77.93),
     ),
     notes=(_DELTA_NOTE, f"PAC is the paper's best variant ({_BEST_PAC}), BAL its best setting ({_BEST_BAL}); "
-           "a run with another variant or setting is not one of these rows."),
+           "a run with another variant or setting is not one of these rows."), source="voc",
 )
 PAC_BAL_T1 = PaperTable(
     id="pac_bal_t1", paper="pac_bal", number=1, title="BAL settings on DeepLabV3, Δ mIoU",
@@ -314,6 +332,7 @@ PAC_BAL_T1 = PaperTable(
         _bal_row(+0.96, "gaussian", 4, 35, 0.5, sigma=3.0),
     ),
     notes=(_DELTA_NOTE, "Rows are DeepLabV3 trained with each BAL setting (size in taps at 1/down resolution)."),
+    source="voc",
 )
 PAC_BAL_T2 = PaperTable(
     id="pac_bal_t2", paper="pac_bal", number=2, title="PAC variants, Δ mIoU",
@@ -328,6 +347,7 @@ PAC_BAL_T2 = PaperTable(
         _pac_row(+0.29, (1, 3, 5, 7, 9), "sum"),
     ),
     notes=(_DELTA_NOTE, "Rows are ResNet + PAC (one shared 3x3 filter over the rates) trained with CE."),
+    source="voc",
 )
 
 # --- FRM ---------------------------------------------------------------------------------
@@ -356,7 +376,7 @@ FRM_T1 = PaperTable(
     ),
     notes=("diff = our mIoU (val) − the paper's val mIoU.",
            "The paper's GFLOPs are at its resolution column: 1024x1024 where the method says so, else "
-           "2048x1024; it gives no GFLOPs for RTFormer-Base.", _FRM_NOTE),
+           "2048x1024; it gives no GFLOPs for RTFormer-Base.", _FRM_NOTE), source="cityscapes",
 )
 FRM_T2 = PaperTable(
     id="frm_t2", paper="frm", number=2, title="Context module ablation, Cityscapes test",
@@ -369,7 +389,7 @@ FRM_T2 = PaperTable(
         _row("dappm", "DAPPM", mIoU_test=79.1, GMACs=214.81, params_M=15.98),
     ),
     notes=("The paper's mIoU here is on Cityscapes test; ours is on our val split: diff = our mIoU − "
-           "the paper's test mIoU.", _FRM_NOTE),
+           "the paper's test mIoU.", _FRM_NOTE), source="cityscapes",
 )
 FRM_T3 = PaperTable(
     id="frm_t3", paper="frm", number=3, title="BDD100K val",
@@ -382,7 +402,7 @@ FRM_T3 = PaperTable(
         _row("pfnet-r50", "PFnet (ResNet-50)", mIoU=62.7, GMACs=302.1, params_M="33.0"),
         _row("frm", "Ours (VAN-S)", mIoU=64.9, GMACs=94.55, params_M=16.48),
     ),
-    notes=("The paper gives no GFLOPs for HANet.", _FRM_NOTE),
+    notes=("The paper gives no GFLOPs for HANet.", _FRM_NOTE), source="bdd100k",
 )
 
 # --- U-Net vs SegNet: no numeric table ---------------------------------------------------
@@ -591,6 +611,39 @@ def _delta(g: pd.DataFrame, base: pd.DataFrame) -> tuple[float, float, list]:
     return mean, std, common
 
 
+def _delta_interval(g: pd.DataFrame, base: pd.DataFrame, common: list) -> tuple[dict | None, str | None]:
+    """The bootstrap of our Δ of ``g`` against the baseline ``base`` over their ``common``
+    seeds (:func:`segbench.stats.bootstrap_delta_seeds` on the runs' per-image confusions), or
+    None and a note saying why there is none: a run evaluated without per-image confusions,
+    or runs not on the same val images (another dataset or another number of images)."""
+    from segbench import stats
+    from segbench.report.tables import per_image
+
+    a = [g[g["seed"] == s].iloc[0] for s in common]
+    b = [base[base["seed"] == s].iloc[0] for s in common]
+    label = f"{g.iloc[0]['model']} / {g.iloc[0]['loss']}"
+    if len({r["dataset"] for r in a + b}) != 1 or len({int(r["num_images"]) for r in a + b}) != 1:
+        counts = ", ".join(f"{r['run_key']}: {int(r['num_images'])}" for r in a + b)
+        return None, (f"`{label}` and our DeepLabV3 + CE run were not evaluated on the same val images "
+                      f"(images per run: {counts}): its Δ has no interval.")
+    arrays_a, arrays_b = [per_image(r) for r in a], [per_image(r) for r in b]
+    lacking = [r["run_key"] for r, x in zip(a + b, arrays_a + arrays_b) if x is None]
+    if lacking:
+        return None, (f"{', '.join(lacking)}: no confusion_per_image.npy (evaluated by an older segbench), so "
+                      f"`{label}`'s Δ has no interval; run `snakemake` again to re-evaluate.")
+    return stats.bootstrap_delta_seeds(arrays_a, arrays_b, statistic=stats.miou), None
+
+
+def _verdict(low: float, high: float, paper_delta: float) -> str:
+    """stats.verdict of our interval against the sign of the paper's Δ; "" when the paper has
+    no Δ (or 0) or we have no interval."""
+    from segbench import stats
+
+    if _nan(low) or _nan(high) or _nan(paper_delta) or paper_delta == 0:
+        return ""
+    return stats.verdict(low, high, 1 if paper_delta > 0 else -1)
+
+
 def _paper_values(table: PaperTable, row: Row | None) -> dict:
     out = {f"paper_{c.key}": (row.values.get(c.key, math.nan) if row else math.nan)
            for c in table.columns if c.kind != "delta"}
@@ -629,26 +682,38 @@ def build_table(table: PaperTable, df_table: pd.DataFrame,
                "in_paper": row is not None}
         if g is not None:
             rec.update(_ours(g))
+            from segbench.report.tables import group_interval
+
+            low, high = group_interval(g)
+            rec.update(ours_mIoU_low=100 * low, ours_mIoU_high=100 * high)
         else:
             rec.update({"ours": "", "model": "", "loss": "", "seeds": 0, "ours_mIoU_mean": math.nan,
-                        "ours_mIoU_std": math.nan, "ours_fps": math.nan, "ours_MB": math.nan,
-                        "ours_GMACs": math.nan, "ours_params_M": math.nan})
+                        "ours_mIoU_std": math.nan, "ours_mIoU_low": math.nan, "ours_mIoU_high": math.nan,
+                        "ours_fps": math.nan, "ours_MB": math.nan, "ours_GMACs": math.nan,
+                        "ours_params_M": math.nan})
         rec.update(_paper_values(table, row))
-        if table.compare:
+        if table.compare and table.same_measure:
             rec["diff_mIoU"] = rec["ours_mIoU_mean"] - rec[f"paper_{table.compare}"]
         if table.delta:
-            d_mean, d_std = math.nan, math.nan
+            d_mean, d_std, d_low, d_high = math.nan, math.nan, math.nan, math.nan
             if g is not None and base is not None:
                 d_mean, d_std, common = _delta(g, base)
                 if not common:
                     notes.append(f"`{rec['ours']}` shares no seed with our DeepLabV3 + CE run: its Δ is left empty.")
+                elif list(g["run_key"]) != list(base["run_key"]):  # the baseline itself: Δ 0 by definition
+                    boot, note = _delta_interval(g, base, common)
+                    if boot is None:
+                        notes.append(note)
+                    else:
+                        d_low, d_high = 100 * boot["low"], 100 * boot["high"]
             if row is None:
                 paper_delta = math.nan
             elif table.delta == "published":
                 paper_delta = row.values["delta"]
             else:
                 paper_delta = round(row.values["mIoU"] - paper_base, 6)
-            rec.update(ours_delta=d_mean, ours_delta_std=d_std, paper_delta=paper_delta,
+            rec.update(ours_delta=d_mean, ours_delta_std=d_std, ours_delta_low=d_low, ours_delta_high=d_high,
+                       verdict=_verdict(d_low, d_high, paper_delta), paper_delta=paper_delta,
                        diff_delta=d_mean - paper_delta)
         return rec
 
@@ -671,12 +736,13 @@ def _elsewhere(table: PaperTable, run: Mapping[str, Any]) -> str:
 
 def _csv_columns(table: PaperTable) -> list[str]:
     cols = ["table", "paper_table", "dataset", "row", "method", "in_paper", "ours", "model", "loss", "seeds",
-            "ours_mIoU_mean", "ours_mIoU_std"]
+            "ours_mIoU_mean", "ours_mIoU_std", "ours_mIoU_low", "ours_mIoU_high"]
     cols += [f"paper_{c.key}" for c in table.columns if c.kind == ACC]
-    if table.compare:
+    if table.compare and table.same_measure:
         cols.append("diff_mIoU")
     if table.delta:
-        cols += ["ours_delta", "ours_delta_std", "paper_delta", "diff_delta"]
+        cols += ["ours_delta", "ours_delta_std", "ours_delta_low", "ours_delta_high", "verdict", "paper_delta",
+                 "diff_delta"]
     published = {c.kind for c in table.columns}
     for kind, _ in OUR_COSTS:
         cols.append(f"ours_{kind}")
@@ -788,31 +854,75 @@ def _published(table: PaperTable, row_id: Any, key: str) -> str:
     return row.text.get(key, MISSING) if row is not None else MISSING
 
 
+def _fmt_interval(low: float, high: float, sign: bool = False) -> str:
+    """``[49.10, 52.30]`` (``[-0.40, +2.80]`` with ``sign``); "—" when not known."""
+    if _nan(low) or _nan(high):
+        return MISSING
+    return f"[{_fmt(low, sign=sign)}, {_fmt(high, sign=sign)}]"
+
+
+def _fmt_delta(r: Mapping[str, Any]) -> str:
+    """Our Δ with its 95% interval, ``+1.23 [-0.40, +2.80]``; without an interval (runs
+    evaluated without per-image confusions) ``+1.25 ± 0.35`` (std of the paired differences)."""
+    if _nan(r["ours_delta"]):
+        return MISSING
+    if _nan(r["ours_delta_low"]):
+        return _fmt_pm(r["ours_delta"], r["ours_delta_std"], sign=True)
+    return f"{_fmt(r['ours_delta'], sign=True)} {_fmt_interval(r['ours_delta_low'], r['ours_delta_high'], True)}"
+
+
 def format_table(table: PaperTable, raw: pd.DataFrame) -> pd.DataFrame:
-    """The markdown view of ``build_table``'s result."""
+    """The main markdown view of ``build_table``'s result: our runs, their mIoU with its 95%
+    interval, our Δ with its interval and verdict against the paper's Δ, our costs. The
+    published figures and the ours − paper differences are :func:`format_against_paper`'s."""
     import pandas as pd
 
-    acc = [c for c in table.columns if c.kind == ACC]
-    published = {c.kind: c for c in table.columns}
     out = []
     for _, r in raw.iterrows():
         rec = {"Method (paper)": r["method"], "Ours (model / loss)": r["ours"] or MISSING,
                "seeds": str(int(r["seeds"])) if r["seeds"] else MISSING,
-               "mIoU ours (%)": _fmt_pm(r["ours_mIoU_mean"], r["ours_mIoU_std"])}
-        for c in acc:
-            rec[f"{c.label.replace(' (%)', '')} paper (%)"] = _published(table, r["row"], c.key)
-        if table.compare:
-            rec["diff (pts)"] = _fmt(r["diff_mIoU"], sign=True)
+               "mIoU ours (%)": _fmt_pm(r["ours_mIoU_mean"], r["ours_mIoU_std"]),
+               "95% CI": _fmt_interval(r["ours_mIoU_low"], r["ours_mIoU_high"])}
         if table.delta:
-            rec["Δ ours"] = _fmt_pm(r["ours_delta"], r["ours_delta_std"], sign=True)
+            rec["Δ ours [95% CI]"] = _fmt_delta(r)
+            rec["verdict"] = r["verdict"] if isinstance(r["verdict"], str) and r["verdict"] else MISSING
             rec["Δ paper"] = _fmt(r["paper_delta"], sign=True)
-            rec["Δ diff (pts)"] = _fmt(r["diff_delta"], sign=True)
         for kind, header in OUR_COSTS:
             rec[f"{header} ours"] = _fmt(r[f"ours_{kind}"], 1 if kind in ("fps", "MB") else 2)
-            if kind in published:
-                rec[f"{published[kind].label} paper"] = _published(table, r["row"], published[kind].key)
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def format_against_paper(table: PaperTable, raw: pd.DataFrame) -> pd.DataFrame:
+    """The secondary markdown view: the published figures beside ours and, where both
+    measure the same thing, ours − paper in points (never for GraDNet's "AUC")."""
+    import pandas as pd
+
+    acc = [c for c in table.columns if c.kind == ACC]
+    published = [c for c in table.columns if c.kind not in (ACC, "delta")]
+    out = []
+    for _, r in raw.iterrows():
+        rec = {"Method (paper)": r["method"], "Ours (model / loss)": r["ours"] or MISSING,
+               "mIoU ours (%)": _fmt(r["ours_mIoU_mean"])}
+        for c in acc:
+            rec[f"{c.label.replace(' (%)', '')} paper (%)"] = _published(table, r["row"], c.key)
+        if table.compare and table.same_measure:
+            rec["diff (pts)"] = _fmt(r["diff_mIoU"], sign=True)
+        if table.delta:
+            rec["Δ ours"] = _fmt(r["ours_delta"], sign=True)
+            rec["Δ paper"] = _fmt(r["paper_delta"], sign=True)
+            rec["Δ diff (pts)"] = _fmt(r["diff_delta"], sign=True)
+        for c in published:
+            rec[f"{c.label} paper"] = _published(table, r["row"], c.key)
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def against_paper_title(table: PaperTable, df: pd.DataFrame) -> str:
+    """The heading of the secondary table: whether our runs are on the paper's dataset."""
+    if table.source and all(_source(r) == table.source for _, r in df.iterrows()):
+        return "Against the paper's figures (the paper's dataset; our scale as stated above)"
+    return "Against the paper's figures (other data, other scale)"
 
 
 def format_final_epoch(raw: pd.DataFrame) -> pd.DataFrame:
@@ -837,31 +947,46 @@ def _heading(table: PaperTable, dataset: str) -> str:
 
 def table_markdown(table: PaperTable, raw: pd.DataFrame, df: pd.DataFrame, notes: Sequence[str] = (),
                    level: int = 1) -> str:
-    """A table's markdown: heading, the paper's and our data and scale, the table, notes."""
-    from segbench.report.tables import _markdown
+    """A table's markdown: heading, the paper's and our data and scale, our table (our runs,
+    intervals, Δ and verdicts first), notes, then the published figures beside ours in a
+    second, titled table."""
+    from segbench.report.tables import _markdown, ci_note
 
     dataset = df["dataset"].iloc[0]
     paper = PAPERS[table.paper]
-    if table.id == UNET_SEGNET_FINAL.id:
-        body, n_text = format_final_epoch(raw), 2
-    else:
-        body, n_text = format_table(table, raw), 2
     lines = [
         f"{'#' * level} {_heading(table, dataset)}",
         "",
         f"- **Paper:** {paper.citation} {table.scale}.",
         f"- **Ours:** {ours_scale(df)}",
         "",
-        _markdown(body, n_text),
+    ]
+    if table.id == UNET_SEGNET_FINAL.id:
+        lines += [_markdown(format_final_epoch(raw), 2), ""]
+        lines += [f"- {n}" for n in list(table.notes) + list(notes)] + [""]
+        return "\n".join(lines)
+    lines += [_markdown(format_table(table, raw), 2), ""]
+    all_notes = list(notes)
+    all_notes.append("Ours: mean ± sample std (n − 1) over seeds, in %; 95% CI: the interval of our mIoU (one "
+                     "seed: over its val images; several: over seeds and images); “—”: no run of ours or no "
+                     "figure; “(not in paper)”: our runs that stand for no row of the paper's tables.")
+    if table.delta:
+        all_notes.append("Verdict against the sign of the paper's Δ: holds (our interval excludes 0 on the "
+                         "paper's side), not significant (it contains 0), reversed (it excludes 0 on the other "
+                         "side); none where the paper's Δ is 0 or absent.")
+    all_notes.append(ci_note())
+    lines += [f"- {n}" for n in all_notes] + [""]
+    lines += [
+        f"{'#' * (level + 1)} {against_paper_title(table, df)}",
+        "",
+        _markdown(format_against_paper(table, raw), 2),
         "",
     ]
-    all_notes = list(table.notes) + list(notes)
-    if table.rows:
-        all_notes.append("Ours: mean ± sample std (n − 1) over seeds, in %; diff = ours − paper in % points; "
-                         "“—”: no run of ours (in our columns) or no figure in the paper (in its columns); "
-                         "“(not in paper)”: our runs that stand for no row of the paper's tables.")
-    lines += [f"- {n}" for n in all_notes] + [""]
-    return "\n".join(lines)
+    lines += [f"- {n}" for n in table.notes]
+    if table.same_measure and table.compare:
+        lines.append("- diff = ours − paper in % points, measured on other data at another scale unless the "
+                     "line above says otherwise: context, not a test of the paper's claim.")
+    return "\n".join(lines + [""])
 
 
 # =========================================================================== writing

@@ -7,6 +7,13 @@ Nothing here imports torch or mlflow.
 ``summary.csv`` holds raw numbers (metrics as fractions in [0, 1], params and MACs as
 counts, fps, MB); ``summary.md`` is the readable version (metrics in %, params in M,
 MACs in G), with a mean ± std table when a (dataset, model, loss) has several seeds.
+
+Uncertainty (docs/statistics.md): each run's mIoU comes with its 95% interval
+(metrics.json's ``mIoU_ci95``, a bootstrap over the run's val images); a seed aggregate
+with several seeds gets an interval that resamples seeds and images together
+(:func:`seeds_interval`, from the runs' ``confusion_per_image.npy``). The claim-specific
+metrics (``mBIoU``, ``thin_mIoU``, small-object recall) are columns when some run has them;
+a run evaluated by an older segbench shows "—" there, never an error.
 """
 
 from __future__ import annotations
@@ -26,8 +33,15 @@ METRICS = ("mIoU", "aAcc", "mAcc", "mDice")
 #: the cost columns, from the profile
 COSTS = ("params", "MACs", "fps", "MB")
 KEYS = ("dataset", "model", "loss", "seed")
+#: metrics.json's claim-specific metrics (fractions; NaN for a run evaluated without them):
+#: Boundary IoU, IoU over the thin classes, recall of small / medium / large segments
+EXTRA_METRICS = ("mBIoU", "thin_mIoU", "recall_small", "recall_medium", "recall_large")
+#: the 95% interval of each run's mIoU (metrics.json's ``mIoU_ci95``; NaN when absent)
+CI_COLUMNS = ("mIoU_ci_low", "mIoU_ci_high")
 #: columns of summary.csv, in order
-SUMMARY_COLUMNS = (*KEYS, *METRICS, *COSTS, "run_key")
+SUMMARY_COLUMNS = (*KEYS, *METRICS, *CI_COLUMNS, *EXTRA_METRICS, *COSTS, "run_key")
+#: the per-image confusions (int64 [N, C, C]) of a run (docs/outputs.md)
+CONFUSION_PER_IMAGE = "confusion_per_image.npy"
 
 RunLike = Mapping[str, Any] | str | os.PathLike
 
@@ -152,6 +166,7 @@ def collect_runs(runs: Iterable[RunLike]) -> pd.DataFrame:
         row = {k: run[k] for k in KEYS}
         row["seed"] = int(row["seed"]) if str(row["seed"]).isdigit() else row["seed"]
         row.update({k: _float(metrics[k]) for k in METRICS})
+        row.update(claim_metrics(metrics, Path(run["run_dir"]) / "metrics.json"))
         row.update(
             params=_num(prof.get("params")),
             MACs=_num(prof.get("macs")),
@@ -173,11 +188,57 @@ def collect_runs(runs: Iterable[RunLike]) -> pd.DataFrame:
             loss_spec=_spec(run, info, "loss"),
             dataset_spec=_spec(run, info, "dataset"),
             train=_train_protocol(info),
+            num_images=int(metrics["num_images"]),
+            class_names=list(metrics["class_names"]),
         )
         rows.append(row)
     if not rows:
         raise ValueError("no runs to report")
     return pd.DataFrame(rows)
+
+
+def claim_metrics(metrics: Mapping[str, Any], path: str | os.PathLike) -> dict:
+    """The interval and claim-specific metrics of a metrics.json (``path``, for errors):
+    ``mIoU_ci_low/high``, ``mBIoU``, ``thin_mIoU``, ``recall_{small,medium,large}`` as
+    fractions (NaN where the file has no such key or a null: an older evaluation, no thin
+    class, no segment in a bin) and ``thin_classes`` (list of class names; [] when absent).
+    A key present with a value of the wrong shape is a RunFileError naming the file."""
+    out: dict[str, Any] = {}
+    ci = metrics.get("mIoU_ci95")
+    if ci is None:
+        out["mIoU_ci_low"] = out["mIoU_ci_high"] = math.nan
+    elif isinstance(ci, list) and len(ci) == 2 and all(v is None or isinstance(v, (int, float)) for v in ci):
+        out["mIoU_ci_low"], out["mIoU_ci_high"] = _float(ci[0]), _float(ci[1])
+    else:
+        raise runfiles.damaged(path, f"says mIoU_ci95={ci!r}, not [low, high]")
+    for key in ("mBIoU", "thin_mIoU"):
+        v = metrics.get(key)
+        if not (v is None or isinstance(v, (int, float))):
+            raise runfiles.damaged(path, f"says {key}={v!r}, not a number")
+        out[key] = _float(v)
+    recall = metrics.get("size_recall") or {}
+    if not isinstance(recall, Mapping):
+        raise runfiles.damaged(path, f"says size_recall={recall!r}, not {{\"small\": r, \"medium\": r, \"large\": r}}")
+    for size in ("small", "medium", "large"):
+        v = recall.get(size)
+        if not (v is None or isinstance(v, (int, float))):
+            raise runfiles.damaged(path, f"says size_recall.{size}={v!r}, not a number")
+        out[f"recall_{size}"] = _float(v)
+    thin = metrics.get("thin_classes") or []
+    if not (isinstance(thin, list) and all(isinstance(c, str) for c in thin)):
+        raise runfiles.damaged(path, f"says thin_classes={thin!r}, not a list of class names")
+    out["thin_classes"] = list(thin)
+    return out
+
+
+def per_image(run: Mapping[str, Any], name: str = CONFUSION_PER_IMAGE):
+    """One of a run's per-image arrays (``confusion_per_image.npy``, ``boundary_per_image.npy``,
+    ``segments_per_image.npy``), checked by :func:`segbench.runfiles.read_per_image`; None when
+    the run was evaluated without it (an older segbench). ``run``: a row of ``collect_runs``
+    or a run dict with ``run_dir``."""
+    info = runfiles.read_run(run["run_dir"])
+    metrics = runfiles.read_metrics(run["run_dir"], info)
+    return runfiles.read_per_image(run["run_dir"], name, info, metrics)
 
 
 def _spec(run: Mapping[str, Any], info: Mapping[str, Any], kind: str) -> dict | None:
@@ -233,12 +294,42 @@ def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame | None:
     groups = df.groupby(["dataset", "model", "loss"], sort=False)
     if not (groups.size() > 1).any():
         return None
+    extra = [m for m in EXTRA_METRICS if m in df.columns]
     out = groups.agg(
         seeds=("seed", "size"),
-        **{f"{m}_{s}": (m, s) for m in METRICS for s in ("mean", "std")},
+        **{f"{m}_{s}": (m, s) for m in (*METRICS, *extra) for s in ("mean", "std")},
         **{c: (c, "first") for c in COSTS},
     )
     return out.reset_index()
+
+
+def seeds_interval(per_image_runs: list, n_boot: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval (fractions) of the mean over seeds of the mIoU of one
+    method with several seeds, over images and seeds (:func:`segbench.stats.bootstrap_ci_seeds`).
+    ``per_image_runs``: one int [N, C, C] per-image confusion array per seed, on the same N images."""
+    from segbench import stats
+
+    return stats.bootstrap_ci_seeds(per_image_runs, stats.miou, n_boot=n_boot, seed=seed, level=level)
+
+
+def group_interval(g: pd.DataFrame) -> tuple[float, float]:
+    """The mIoU interval (fractions) of one (dataset, model, loss) group of ``collect_runs``
+    rows: the run's own ``mIoU_ci95`` for one seed, :func:`seeds_interval` over the seeds'
+    per-image confusions for several; (NaN, NaN) when a run lacks what it needs."""
+    if len(g) == 1:
+        return float(g.iloc[0]["mIoU_ci_low"]), float(g.iloc[0]["mIoU_ci_high"])
+    arrays = [per_image(r) for _, r in g.iterrows()]
+    if any(a is None for a in arrays) or len({a.shape for a in arrays}) != 1:
+        return math.nan, math.nan
+    return seeds_interval(arrays)
+
+
+def ci_note() -> str:
+    """The line under every table with an interval: the method, and where it is described."""
+    from segbench import stats
+
+    return stats.CI_METHOD
 
 
 # --------------------------------------------------------------------------- formatting
@@ -254,6 +345,26 @@ def _pct_pm(mean: float, std: float) -> str:
     if std is None or math.isnan(std):
         return f"{100 * mean:.2f}"
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def pct_interval(low: float, high: float) -> str:
+    """``[49.10, 52.30]`` (fractions shown in %), or "—" when the interval is not known."""
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return "—"
+    return f"[{100 * low:.2f}, {100 * high:.2f}]"
+
+
+def _pct_or_dash(v: float) -> str:
+    return "—" if v is None or math.isnan(v) else f"{100 * v:.2f}"
+
+
+#: the claim-specific columns of the markdown tables: (metric, header)
+_EXTRA_HEADERS = (("mBIoU", "mBIoU (%)"), ("thin_mIoU", "thin mIoU (%)"), ("recall_small", "small recall (%)"))
+
+
+def _present(df: pd.DataFrame, col: str) -> bool:
+    """Whether some run has ``col`` (a run evaluated by an older segbench has NaN)."""
+    return col in df.columns and bool(df[col].notna().any())
 
 
 def _scaled(v: float, scale: float, unit: str) -> str:
@@ -309,6 +420,11 @@ def format_summary(df: pd.DataFrame) -> pd.DataFrame:
         if marks is not None:
             row["ablation"] = marks[i]
         row.update({f"{m} (%)": _pct(r[m]) for m in METRICS})
+        if _present(df, "mIoU_ci_low"):
+            row["mIoU 95% CI (%)"] = pct_interval(r["mIoU_ci_low"], r["mIoU_ci_high"])
+        for m, header in _EXTRA_HEADERS:
+            if _present(df, m):
+                row[header] = _pct_or_dash(r[m])
         row.update(_fmt_costs(r))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -330,6 +446,12 @@ def format_aggregate(agg: pd.DataFrame, df: pd.DataFrame | None = None) -> pd.Da
             row["ablation"] = marks.get((r["dataset"], r["model"], r["loss"]), "—")
         row["seeds"] = str(int(r["seeds"]))
         row.update({f"{m} (%)": _pct_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS})
+        if df is not None and _present(df, "mIoU_ci_low"):
+            g = df[(df["dataset"] == r["dataset"]) & (df["model"] == r["model"]) & (df["loss"] == r["loss"])]
+            row["mIoU 95% CI (%)"] = pct_interval(*group_interval(g))
+        for m, header in _EXTRA_HEADERS:
+            if df is not None and _present(df, m):
+                row[header] = _pct_pm(r[f"{m}_mean"], r[f"{m}_std"]).replace("n/a", "—")
         row.update(_fmt_costs(r))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -440,11 +562,22 @@ def summary_markdown(df: pd.DataFrame, title: str | None = None) -> str:
         lines += [
             "## Mean ± std over seeds",
             "",
-            "Sample standard deviation (n - 1); metrics in %.",
+            "Sample standard deviation (n - 1); metrics in %."
+            + (" The mIoU interval of a row with several seeds resamples seeds and images together."
+               if _present(df, "mIoU_ci_low") else ""),
             "",
             _markdown(format_aggregate(agg, df), 3 + ablations + 1),
             "",
         ]
+    extras = [h for m, h in _EXTRA_HEADERS if _present(df, m)]
+    if _present(df, "mIoU_ci_low") or extras:
+        lines += [f"- {ci_note()}" if _present(df, "mIoU_ci_low") else "",
+                  *([f"- {', '.join(extras)}: Boundary IoU, mIoU over the dataset's thin classes and recall "
+                     "of small ground-truth segments (docs/metrics.md); “—”: a run evaluated without them."]
+                    if extras else []), ""]
+    else:
+        lines += ["- No interval: these runs were evaluated without per-image statistics (an older segbench); "
+                  "run `snakemake` again to re-evaluate them.", ""]
     return "\n".join(lines)
 
 

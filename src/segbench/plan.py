@@ -40,6 +40,9 @@ def split_images(dataset: dict, split: str) -> int:
 
 # dataset keys that say where the files are, not what they are
 RUN_NEUTRAL_DATASET_KEYS = ("root", "download", "sbd_root")
+#: the keys of `eval` a run's spec holds (training validates with eval.batch_size); the others
+#: (eval.corruptions, the evaluation protocol) rerun evaluate or robustness jobs only
+RUN_EVAL_KEYS = ("batch_size", "samples")
 
 
 @dataclass(frozen=True, order=True)
@@ -188,7 +191,9 @@ class Plan:
                                           if k != "paper_row"}},
             "seed": run.seed,
             "train": self.train_spec(run.dataset, run.model),
-            "eval": copy.deepcopy(self.cfg["eval"]),
+            # validation's batch size; the rest of `eval` (the protocol, corruptions) is the
+            # evaluate and robustness jobs' business and never retrains a run
+            "eval": {k: copy.deepcopy(self.cfg["eval"][k]) for k in RUN_EVAL_KEYS},
         }
 
     def find_run(self, dataset: str, model: str, loss: str, seed: int | str) -> Run:

@@ -12,7 +12,21 @@
   recorded as ``channels_last``). Each block gives one throughput (iterations / seconds,
   images per second), listed in ``fps_repeats``; ``fps`` is their mean and ``fps_std`` their
   sample standard deviation (n - 1; ``null`` for one repeat). Profiles written before the
-  repeats have ``fps`` only: readers treat their spread as unknown.
+  repeats have ``fps`` only: readers treat their spread as unknown;
+- peak memory, in MB (10^6 bytes), measured after the timing: ``inference_peak_mb``, one
+  forward pass at batch 1 (as fps); ``train_peak_mb``, one training step at batch
+  ``TRAIN_BATCH`` = 2 (the least batch norm trains with): forward in train mode, cross-entropy
+  against random labels, backward, and the step of a fresh SGD optimiser with momentum (one
+  buffer per parameter; AdamW would add one more parameter-sized buffer), so the figure holds
+  the activations kept for backward, the gradients and the optimiser state. Both are what the
+  pass adds to the memory held before it (the weights, the input and the labels excluded; the
+  weights are ``size_mb``), after one untimed pass of the same kind. On a GPU:
+  ``torch.cuda.max_memory_allocated`` (its peak reset first) minus ``memory_allocated`` before
+  (tensors only: not the CUDA context or the allocator's cache). On the CPU: the rise of the
+  process's peak resident memory over its resident memory before the pass (Linux: the peak,
+  VmHWM, is reset through /proc/self/clear_refs and free heap memory given back to the system
+  first, :func:`segbench.serve.inference.peak_rss_rise`; ``null`` where it cannot be measured).
+  ``memory_method`` says which. Profiles written before these keys have neither.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ import platform
 import time
 
 import torch
+from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from segbench.engine.common import setup_torch, synchronize, use_channels_last
@@ -31,6 +46,9 @@ from segbench.models import build_model
 from segbench.models.common import count_parameters
 from segbench.models.pretrained import without_pretrained
 from segbench.stats import mean_spread
+
+#: the batch of the training step whose peak memory a profile records (``train_peak_mb``)
+TRAIN_BATCH = 2
 
 
 def count_macs(model: torch.nn.Module, size: tuple[int, int], in_channels: int = 3) -> int:
@@ -73,6 +91,10 @@ def profile_model(arch: str, params: dict, num_classes: int, size: tuple[int, in
             synchronize(device)
             fps_repeats.append(iterations / (time.perf_counter() - t0))
     fps, fps_std = mean_spread(fps_repeats)  # std NaN for one repeat: written as null (unknown)
+    with torch.inference_mode():
+        model(x)  # the untimed pass before the measured one (warmup may be 0)
+        inference_peak = peak_memory_mb(lambda: model(x), device)
+    train_peak = train_step_peak_mb(model, size, num_classes, device, nhwc)
     return {
         "model": name or arch, "arch": arch, "params_spec": params, "num_classes": num_classes,
         "input_size": list(size), "params": n_params, "macs": macs, "size_mb": buf.getbuffer().nbytes / 1e6,
@@ -80,4 +102,50 @@ def profile_model(arch: str, params: dict, num_classes: int, size: tuple[int, in
         "fps_batch": 1, "warmup": warmup, "iterations": iterations, "repeats": repeats,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
         "threads": torch.get_num_threads(), "channels_last": nhwc,
+        "inference_peak_mb": inference_peak, "train_peak_mb": train_peak, "train_peak_batch": TRAIN_BATCH,
+        "memory_method": ("cuda max_memory_allocated above memory_allocated before" if device.type == "cuda"
+                          else "rise of the peak resident memory (VmHWM) over the resident memory before"),
     }
+
+
+def peak_memory_mb(run, device: torch.device) -> float | None:
+    """The peak memory ``run()`` adds to what is held before it, in MB (10^6 bytes): on a GPU
+    the peak of allocated tensor memory, on the CPU the peak resident memory (see the module
+    docstring); None where it cannot be measured."""
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 1e6
+    from segbench.serve.inference import peak_rss_rise
+
+    rise = peak_rss_rise(run)
+    return None if rise is None else rise / 1e6
+
+
+def train_step_peak_mb(model: torch.nn.Module, size: tuple[int, int], num_classes: int, device: torch.device,
+                       channels_last: bool) -> float | None:
+    """Peak memory of one training step at batch TRAIN_BATCH and ``size`` (see the module
+    docstring), after an unmeasured step; the model is left in eval mode without gradients."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(TRAIN_BATCH, 3, *size, generator=generator).to(device)
+    labels = torch.randint(0, num_classes, (TRAIN_BATCH, *size), generator=generator).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)  # fresh: its buffers count
+        loss = F.cross_entropy(model(x), labels)
+        loss.backward()
+        opt.step()
+
+    model.train()
+    try:
+        step()  # libraries and autograd warmed up; its gradients and optimiser state are then dropped
+        model.zero_grad(set_to_none=True)
+        return peak_memory_mb(step, device)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()

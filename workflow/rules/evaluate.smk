@@ -1,6 +1,20 @@
 # Evaluation of each run's final model, and one profile per (model, classes, input size).
 
 
+def protocol_args(e: dict) -> str:
+    """The config's evaluation protocol as `segbench evaluate/robustness` arguments (docs/metrics.md)."""
+    args = f"--mode {e['mode']} --scales {','.join(str(s) for s in e['scales'])}"
+    if e["crop"]:
+        args += f" --crop {e['crop'][0]}x{e['crop'][1]}"
+    if e["stride"]:
+        args += f" --stride {e['stride'][0]}x{e['stride'][1]}"
+    return args + (" --flip" if e["flip"] else "")
+
+
+#: a param of the evaluate and robustness jobs: changing the protocol reruns them, not training
+EVAL_PROTOCOL = protocol_args(CFG["eval"])
+
+
 rule evaluate:
     input:
         model=f"{RUN_DIR}/model.pt",
@@ -17,6 +31,7 @@ rule evaluate:
         run_dir=lambda w, input: os.path.dirname(input.run),
         batch=CFG["eval"]["batch_size"],
         samples=CFG["eval"]["samples"],
+        protocol=EVAL_PROTOCOL,
     log:
         f"{RESULTS}/logs/evaluate/{{dataset}}/{{model}}/{{loss}}/s{{seed}}.log",
     benchmark:
@@ -30,7 +45,7 @@ rule evaluate:
         ENV
     shell:
         "python -m segbench evaluate {params.run_dir} --data {params.data} --batch-size {params.batch} "
-        "--samples {params.samples} --threads {threads} > {log} 2>&1"
+        "--samples {params.samples} {params.protocol} --threads {threads} > {log} 2>&1"
 
 
 rule profile:
@@ -90,6 +105,7 @@ rule robustness:
         batch=CFG["eval"]["batch_size"],
         names=",".join(ROBUSTNESS["names"]),
         severities=",".join(map(str, ROBUSTNESS["severities"])),
+        protocol=EVAL_PROTOCOL,
     log:
         f"{RESULTS}/logs/robustness/{{dataset}}/{{model}}/{{loss}}/s{{seed}}.log",
     benchmark:
@@ -103,4 +119,4 @@ rule robustness:
         ENV
     shell:
         "python -m segbench robustness {params.run_dir} --data {params.data} --corruptions {params.names} "
-        "--severities {params.severities} --batch-size {params.batch} --threads {threads} > {log} 2>&1"
+        "--severities {params.severities} --batch-size {params.batch} {params.protocol} --threads {threads} > {log} 2>&1"

@@ -16,6 +16,11 @@ metrics.json holds the scores (mmsegmentation's conventions), ``mIoU_ci95`` and
 per-class BIoU, the recall per object size, and the IoU of the thin classes. The model and
 the batches use the memory format the run was trained in (run.json's ``channels_last``; see
 ``train.channels_last``), so evaluation rounds like the training's own validation.
+
+The predictions follow the evaluation protocol (the config's ``eval.mode``, ``eval.crop``,
+``eval.stride``, ``eval.scales``, ``eval.flip``: whole-image or slide inference, test-time
+augmentation; :mod:`segbench.engine.inference`), recorded in metrics.json as
+``eval_protocol``; the default, whole-image inference at one scale, is ``model(images).argmax(1)``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from segbench import runfiles, stats
 from segbench.data import DataError
 from segbench.data.dataset import SegmentationDataset, pad_collate
 from segbench.engine.common import progress_kwargs, setup_torch, trained_channels_last
+from segbench.engine.inference import eval_protocol, predict
 from segbench.errors import UserError
 from segbench.io import atomic_path, write_json
 from segbench.metrics import (boundary_iou_counts, confusion_matrix, scores, segment_recall_counts,
@@ -143,8 +149,13 @@ def load_for_evaluation(run_dir: Path, data_dir: Path, threads: int | None):
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int = 4, samples: int = 4,
-                 threads: int | None = None, progress: bool = True, n_boot: int = 2000) -> dict:
+                 threads: int | None = None, progress: bool = True, n_boot: int = 2000,
+                 protocol: dict | None = None) -> dict:
+    """Evaluate the run in ``run_dir`` on the val split of ``data_dir`` under ``protocol`` (the
+    keywords of :func:`segbench.engine.inference.eval_protocol`; None: whole-image inference);
+    write metrics.json, the confusions and samples.npz into ``run_dir`` and return the metrics."""
     run_dir, data_dir = Path(run_dir), Path(data_dir)
+    protocol = eval_protocol(**(protocol or {}))  # checked before the model is loaded
     model, record, ds, channels_last, device = load_for_evaluation(run_dir, data_dir, threads)
     num_classes = record["num_classes"]
     _check_space(run_dir, len(ds), num_classes)
@@ -160,7 +171,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int =
             images, labels = images.to(device), labels.to(device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            pred = model(images).argmax(1)
+            pred = predict(model, images, num_classes=num_classes, channels_last=channels_last, **protocol)
             pixels += labels.numel()
             for j, i in enumerate(idx.tolist()):
                 lh, lw = sizes[j]
@@ -206,6 +217,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, *, batch_size: int =
         "eval_seconds": seconds, "claim_metrics_seconds": claim_seconds,
         "metric_mpixel_per_s": pixels / 1e6 / max(seconds, 1e-9),
         "channels_last": channels_last,
+        "eval_protocol": protocol,
     }
     _save_npy(run_dir / "confusion.npy", conf)
     _save_npy(run_dir / "confusion_per_image.npy", per_conf)

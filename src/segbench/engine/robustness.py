@@ -4,8 +4,10 @@ One pass over the val split, one batch of images in memory at a time: each batch
 once, then predicted clean and under every (corruption, severity) of
 :mod:`segbench.data.corruptions` (deterministic per image: the image's file name seeds the
 corruption). The model, the normalisation (:func:`segbench.data.dataset.to_tensor`), the
-padding (:func:`segbench.data.dataset.pad_collate`), the batch size and the memory format are
-those of ``segbench evaluate``, so the clean mIoU computed here is the one in metrics.json.
+padding (:func:`segbench.data.dataset.pad_collate`), the batch size, the memory format and the
+evaluation protocol (:func:`segbench.engine.inference.predict`: ``eval.mode``, ``eval.crop``,
+``eval.stride``, ``eval.scales``, ``eval.flip``, recorded as ``eval_protocol``) are those of
+``segbench evaluate``, so the clean mIoU computed here is the one in metrics.json.
 
 Writes into the run directory (the contract of issue 20):
 
@@ -13,7 +15,8 @@ Writes into the run directory (the contract of issue 20):
   names and severities in the order of the array below), ``mean_corrupted_mIoU`` (the mean
   over every corruption and severity), ``relative`` (mean_corrupted_mIoU / clean_mIoU),
   ``severities``, ``parameters`` (segbench.data.corruptions.PARAMETERS of the corruptions
-  used), ``num_images``, ``seconds``. Fractions in [0, 1]; a NaN is written as null.
+  used), ``num_images``, ``seconds``, ``eval_protocol`` (as metrics.json's). Fractions in [0, 1]; a NaN
+  is written as null.
 * ``corrupted_iou_per_image.npy``: int64 [K corruptions, S severities, N images, 2, C]: per
   image and class the intersection (TP) and the union (TP + FP + FN) of the corrupted
   prediction (:func:`segbench.stats.iou_counts` of its confusion matrix; images in manifest
@@ -36,6 +39,7 @@ from segbench.data.corruptions import CORRUPTIONS, PARAMETERS, SEVERITIES, check
 from segbench.data.dataset import pad_collate, to_tensor
 from segbench.engine.common import progress_kwargs
 from segbench.engine.evaluate import load_for_evaluation
+from segbench.engine.inference import eval_protocol, predict
 from segbench.errors import UserError
 from segbench.io import atomic_path, write_json
 from segbench.metrics import confusion_matrix, scores
@@ -44,11 +48,13 @@ from segbench.stats import iou_counts, mean_iou
 
 def evaluate_corruptions(run_dir: str | Path, data_dir: str | Path, *, corruptions=CORRUPTIONS,
                          severities=SEVERITIES, batch_size: int = 4, threads: int | None = None,
-                         progress: bool = True) -> dict:
+                         progress: bool = True, protocol: dict | None = None) -> dict:
     """Evaluate the run in ``run_dir`` on the val split of the prepared dataset ``data_dir``
-    under each of ``corruptions`` at each of ``severities``; write robustness.json and
+    under each of ``corruptions`` at each of ``severities``, predicting under ``protocol`` (as
+    :func:`segbench.engine.evaluate.evaluate_run`'s); write robustness.json and
     corrupted_iou_per_image.npy into ``run_dir`` and return the robustness.json record."""
     run_dir, data_dir = Path(run_dir), Path(data_dir)
+    protocol = eval_protocol(**(protocol or {}))
     corruptions, severities = list(corruptions), list(severities)
     _check_lists(corruptions, severities)
     severities = [int(s) for s in severities]
@@ -70,7 +76,7 @@ def evaluate_corruptions(run_dir: str | Path, data_dir: str | Path, *, corruptio
         with torch.inference_mode(), bar:
             for idx in batches:
                 raws = [ds.raw(i) for i in idx]
-                clean += _confusions(model, raws, channels_last, device, num_classes).sum(axis=0)
+                clean += _confusions(model, raws, channels_last, device, num_classes, protocol).sum(axis=0)
                 bar.update()
                 for k, name in enumerate(corruptions):
                     for j, s in enumerate(severities):
@@ -78,7 +84,7 @@ def evaluate_corruptions(run_dir: str | Path, data_dir: str | Path, *, corruptio
                         corrupted = [(corrupt(image, name, s, ds.name(i)), label)
                                      for (image, label), i in zip(raws, idx)]
                         per_image[k, j, idx.start:idx.stop] = iou_counts(
-                            _confusions(model, corrupted, channels_last, device, num_classes))
+                            _confusions(model, corrupted, channels_last, device, num_classes, protocol))
                         bar.update()
         per_image.flush()
         totals = per_image.sum(axis=2)  # [K, S, 2, C]
@@ -100,6 +106,7 @@ def evaluate_corruptions(run_dir: str | Path, data_dir: str | Path, *, corruptio
         "parameters": {name: {str(s): PARAMETERS[name][str(s)] for s in severities} for name in corruptions},
         "num_images": n,
         "seconds": seconds,
+        "eval_protocol": protocol,
     }
     write_json(run_dir / "robustness.json", result)
     print(f"{record['run_key']}: clean mIoU {clean_miou:.4f}, mean corrupted mIoU {mean:.4f} over "
@@ -124,15 +131,16 @@ def _check_lists(corruptions: list, severities: list) -> None:
             raise UserError(f"{what} {', '.join(twice)} is listed more than once: name each once")
 
 
-def _confusions(model, samples: list, channels_last: bool, device: torch.device, num_classes: int) -> np.ndarray:
-    """Predict one batch of (uint8 image, label) pairs, batched and padded exactly as
-    ``segbench evaluate`` batches the val split; int64 [B, C, C], one confusion matrix per image."""
+def _confusions(model, samples: list, channels_last: bool, device: torch.device, num_classes: int,
+                protocol: dict) -> np.ndarray:
+    """Predict one batch of (uint8 image, label) pairs, batched, padded and predicted under
+    ``protocol`` exactly as ``segbench evaluate`` does; int64 [B, C, C], one confusion matrix per image."""
     images, labels, _ = pad_collate([(to_tensor(image), torch.from_numpy(np.asarray(label, dtype=np.int64)), j)
                                      for j, (image, label) in enumerate(samples)])
     images, labels = images.to(device), labels.to(device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    pred = model(images).argmax(1)
+    pred = predict(model, images, num_classes=num_classes, channels_last=channels_last, **protocol)
     return np.stack([confusion_matrix(pred[j], labels[j], num_classes).cpu().numpy() for j in range(len(samples))])
 
 

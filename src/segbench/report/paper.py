@@ -804,7 +804,7 @@ def ours_scale(df: pd.DataFrame) -> str:
     ds = first["dataset_spec"] if isinstance(first["dataset_spec"], Mapping) else {}
     what = ", ".join(f"{k} {ds[k]}" for k in ("source", "labels") if ds.get(k))
     text = f"`{first['dataset']}`" + (f" ({what})" if what else "")
-    text += f", evaluated at {_list(df['eval_size'])} (HxW)"
+    text += f", evaluated at {_list(df['eval_size'])} (HxW, {_list(df['eval_protocol'])})"
     from segbench.report.tables import protocol_words
 
     per_model = {m: protocol_words(g.iloc[0]["train"]) or "protocol not recorded"

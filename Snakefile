@@ -24,6 +24,33 @@ report: "workflow/report/workflow.rst"
 os.environ["SEGBENCH_WORKFLOW_PID"] = str(os.getpid())
 
 
+def forward_sigterm_to_trainers():
+    """A SIGTERM to this snakemake also goes to its running trainers, which checkpoint at their
+    next step and stop (engine/train.py); then snakemake's own handler starts no new job and
+    exits. `snakemake` again resumes them (docs/cluster.md)."""
+    import signal
+
+    import psutil
+
+    previous = signal.getsignal(signal.SIGTERM)  # snakemake's: finish running jobs, start no more
+
+    def handler(signum, frame):
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if child.cmdline()[1:4] == ["-m", "segbench", "train"]:
+                    child.send_signal(signum)
+            except psutil.Error:
+                pass
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+onstart:
+    forward_sigterm_to_trainers()
+
+
 include: "workflow/rules/common.smk"
 
 

@@ -102,7 +102,7 @@ def segbench_epochs(spec: dict, data: Path, out: Path):
 
     def epoch():
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):  # the epoch line
-            history.append(train.train_epoch(run, len(history)))
+            history.append(train.train_epoch(run, len(history), history))
             train.checkpoint(run, history)
     return epoch, run
 

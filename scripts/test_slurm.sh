@@ -243,8 +243,8 @@ print(f"sbatch: {len(submitted)} jobs for {expected} non-local jobs of {len(set(
 runs = sorted(p.parent.relative_to(local) for p in (local / "results/runs").rglob("run.json"))
 if not runs:
     problems.append("the local run has no run directories")
-TIMING = {"eval_seconds", "metric_mpixel_per_s", "epoch_seconds", "time", "fps", "train_seconds",
-          "wall_seconds_this_job"}
+TIMING = {"eval_seconds", "metric_mpixel_per_s", "claim_metrics_seconds", "epoch_seconds", "time", "fps",
+          "fps_std", "train_seconds", "wall_seconds_this_job"}
 for run in runs:
     a, b = local / run, remote / run
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))

@@ -14,7 +14,7 @@ BIN = Path(sys.executable).parent
 
 #: columns of history.csv / keys of metrics.json that are times, not results
 TIME_COLUMNS = frozenset({"epoch_seconds", "time"})
-TIME_METRICS = frozenset({"eval_seconds", "metric_mpixel_per_s"})
+TIME_METRICS = frozenset({"eval_seconds", "metric_mpixel_per_s", "claim_metrics_seconds"})
 
 
 def snakemake(workdir, *args, cores: str = "1", check: bool = True, env_extra: dict | None = None,
@@ -45,3 +45,17 @@ def read_history(path) -> list[dict]:
 def read_metrics(path) -> dict:
     """metrics.json without its timings."""
     return {k: v for k, v in json.loads(Path(path).read_text()).items() if k not in TIME_METRICS}
+
+
+#: one unet run of 2 epochs: 8 train images in batches of 2, 4 optimisation steps per epoch
+#: (the fault-tolerance and preemption tests interrupt it at a known step)
+TINY_TWO_EPOCHS = {
+    "datasets": {"synthetic": {"source": "synthetic",
+                               "generate": {"seed": 1, "train": 8, "val": 4, "height": 64, "width": 128}}},
+    "models": {"unet": {"arch": "unet", "params": {"width": 4}}},
+    "losses": {"ce": {"type": "ce"}},
+    "train": {"epochs": 2, "batch_size": 2, "crop": [64, 128], "workers": 0, "threads": 1},
+    "eval": {"batch_size": 2, "samples": 1},
+    "profile": {"warmup": 1, "iterations": 1, "threads": 1},
+    "studies": {"only": {"datasets": ["synthetic"], "models": ["unet"], "losses": ["ce"], "seeds": [0]}},
+}

@@ -262,4 +262,6 @@ def test_result_writers_go_through_the_atomic_helpers():
     assert "write_json(a.out, result)" in inspect.getsource(cli.cmd_profile)
     source = inspect.getsource(evaluate.evaluate_run)
     assert 'write_json(run_dir / "metrics.json"' in source
-    assert source.count("atomic_path(") == 2  # confusion.npy, samples.npz
+    assert source.count("_save_npy(") == 4  # confusion.npy and the three per-image arrays
+    assert "atomic_path(" in inspect.getsource(evaluate._save_npy)
+    assert source.count("atomic_path(") == 1  # samples.npz

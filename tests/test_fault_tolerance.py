@@ -25,21 +25,10 @@ import torch
 import yaml
 
 from conftest import tiny_run_spec
-from pipeline_support import read_history, read_metrics, snakemake
+from pipeline_support import TINY_TWO_EPOCHS as TINY, read_history, read_metrics, snakemake
 
 KILL_SUPPORT = Path(__file__).resolve().parent / "kill_support"
 RUN = "synthetic/unet/ce/s0"
-# 8 train images in batches of 2: 4 optimisation steps per epoch, 2 epochs
-TINY = {
-    "datasets": {"synthetic": {"source": "synthetic",
-                               "generate": {"seed": 1, "train": 8, "val": 4, "height": 64, "width": 128}}},
-    "models": {"unet": {"arch": "unet", "params": {"width": 4}}},
-    "losses": {"ce": {"type": "ce"}},
-    "train": {"epochs": 2, "batch_size": 2, "crop": [64, 128], "workers": 0, "threads": 1},
-    "eval": {"batch_size": 2, "samples": 1},
-    "profile": {"warmup": 1, "iterations": 1, "threads": 1},
-    "studies": {"only": {"datasets": ["synthetic"], "models": ["unet"], "losses": ["ce"], "seeds": [0]}},
-}
 
 
 # ------------------------------------------------------------------ atomic writes (fast)
@@ -176,14 +165,14 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(base, referenc
     out = killed.stdout + killed.stderr
     assert killed.returncode != 0 and "Error in rule train" in out, out[-3000:]
     assert f"kill_support: SIGKILL at {fault}" in log.read_text()
-    assert re.search(r"Killed\s+python -m segbench train", out), out[-3000:]  # bash's report of a SIGKILL
     # what the kill left: a complete checkpoint, no declared output a rerun could trust
     assert torch.load(run / "ckpt" / "last.pt", weights_only=True)["epoch"] == resumed_after
     assert not (run / "run.json").exists() and not (run / "history.csv").exists()
     if fault.startswith("checkpoint"):
         assert list((run / "ckpt").glob(".last.pt.*.tmp")), "the kill should leave the temporary file"
-    _, runs = _mlflow_runs(wd)
-    assert runs == []
+    # live logging showed the training in MLflow; a SIGKILL leaves it RUNNING with what it had logged
+    client, runs = _mlflow_runs(wd)
+    assert [r.info.status for r in runs] in ([], ["RUNNING"])
 
     snakemake(wd, cores="all")
     text = log.read_text()
@@ -201,7 +190,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(base, referenc
 
     # MLflow: exactly one run for the run key, with the whole history once
     client, runs = _mlflow_runs(wd)
-    assert len(runs) == 1
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_mIoU")] == [1, 2]
     dry = snakemake(wd, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr

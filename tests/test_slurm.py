@@ -49,7 +49,9 @@ def test_slurm_profile_defaults(monkeypatch):
     assert opts["executor"] == "slurm"
     rules = per_rule(opts)
     assert set(rules) == {"train", "evaluate", "profile"}
-    assert rules["train"]["gpu"] == "1" and rules["train"]["cpus_per_gpu"] == "8"
+    # train: the rule's own gpu (train.devices) on one node; evaluate and profile: SEGBENCH_SLURM_GPUS
+    assert "gpu" not in rules["train"] and rules["train"]["nodes"] == "1" and rules["train"]["cpus_per_gpu"] == "8"
+    assert rules["evaluate"]["gpu"] == "1" and rules["profile"]["gpu"] == "1"
     assert rules["train"]["mem_mb"] == "32000 * attempt"
     assert "slurm_partition" not in rules["train"] and "gpu_model" not in rules["train"]
     assert not any(d.startswith(("slurm_partition", "slurm_account")) for d in opts["default-resources"])
@@ -62,9 +64,32 @@ def test_slurm_profile_takes_the_site_from_the_environment(monkeypatch):
                   SEGBENCH_SLURM_SET="train:runtime=2880 report:mem_mb=8000 train:qos=long")
     assert {"slurm_partition=cpu", "slurm_account=proj42"} <= set(opts["default-resources"])
     rules = per_rule(opts)
-    assert rules["train"] == {"gpu": "1", "mem_mb": "32000 * attempt", "runtime": "2880", "slurm_partition": "gpu",
-                              "cpus_per_gpu": "16", "gpu_model": "a100", "qos": "long"}
+    assert rules["train"] == {"nodes": "1", "mem_mb": "32000 * attempt", "runtime": "2880", "slurm_partition": "gpu",
+                              "cpus_per_gpu": "16", "gpu_model": "a100", "qos": "long",
+                              "slurm_extra": "'--signal=TERM@300'"}
     assert rules["evaluate"]["gpu_model"] == "a100" and rules["report"] == {"mem_mb": "8000"}
+
+
+def test_slurm_profile_asks_for_a_sigterm_before_the_time_limit_of_train_jobs(monkeypatch):
+    """sbatch --signal=TERM@300 for train jobs only, without B: (every process of the job's steps
+    gets it, the trainer too, not only the batch shell); as the plugin passes it to sbatch."""
+    from snakemake.resources import Resource
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    rules = per_rule(render("slurm", monkeypatch))
+    assert rules["train"]["slurm_extra"] == "'--signal=TERM@300'"
+    assert "slurm_extra" not in rules["evaluate"] and "slurm_extra" not in rules["profile"]
+    # Snakemake evaluates the value as a Python expression (the quotes make it a string), and
+    # the plugin appends it to the sbatch call after checking it holds no option it manages
+    value = Resource.cli_evaluator("slurm_extra", rules["train"]["slurm_extra"], wildcards={}, input=[],
+                                   attempt=1, async_run=None)
+    assert value == "--signal=TERM@300"
+    validate_slurm_extra(type("Job", (), {"resources": type("R", (), {"slurm_extra": value})()})())
+    assert per_rule(render("slurm", monkeypatch, SEGBENCH_SLURM_WARN_SECONDS="900"))["train"]["slurm_extra"] == \
+        "'--signal=TERM@900'"
+    assert "slurm_extra" not in per_rule(render("slurm", monkeypatch, SEGBENCH_SLURM_WARN_SECONDS="0"))["train"]
+    # the time limit stays the profile's (or SEGBENCH_SLURM_SET's), with the warning inside it
+    assert int(rules["train"]["runtime"]) * 60 > 300
 
 
 def test_slurm_profile_without_gpus(monkeypatch):

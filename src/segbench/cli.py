@@ -283,7 +283,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", type=_json_arg, required=True, help="resolved run spec as JSON or @file")
     p.add_argument("--data", required=True, help="prepared dataset folder")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="torch threads of the job, shared evenly by its train.devices processes")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="log the training live into this MLflow store (with --study; default: where "
@@ -293,20 +293,21 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 @step("train", "train one run from its resolved spec", add_train_arguments)
 def cmd_train(a) -> int:
-    import signal
-
-    from segbench.engine.train import train_run
+    from segbench.engine.common import stop_on_signal
+    from segbench.engine.train import Preempted, train_run
     from segbench.tracking import live_run_for
 
+    # SIGTERM (SLURM's warning before a time limit or preemption, a cancelled job): finish the
+    # step, write a checkpoint there, end the MLflow run KILLED and exit with 128 + 15 = 143,
+    # the status a shell reports for a SIGTERM kill; the rerun resumes at that step
+    stop_on_signal()
     live = live_run_for(a.spec["run_key"], tracking_uri=a.tracking_uri, study=a.study)
-    if live is not None:  # a SIGTERM (snakemake cancelling the job) ends the MLflow run KILLED
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    train_run(a.spec, a.data, a.out, threads=a.threads, progress=not a.quiet, live=live)
+    try:
+        train_run(a.spec, a.data, a.out, threads=a.threads, progress=not a.quiet, live=live)
+    except Preempted as e:
+        print(f"segbench train: error: {e}", file=sys.stderr)
+        return 128 + e.signum
     return 0
-
-
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)  # the status a shell reports for a SIGTERM kill
 
 
 # ---------------------------------------------------------------- evaluate
@@ -317,6 +318,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true")
+    add_protocol_arguments(p)  # (defined with the robustness step, which shares it)
 
 
 @step("evaluate", "evaluate a trained run on the val split", add_evaluate_arguments)
@@ -324,7 +326,7 @@ def cmd_evaluate(a) -> int:
     from segbench.engine.evaluate import evaluate_run
 
     evaluate_run(a.run_dir, a.data, batch_size=a.batch_size, samples=a.samples, threads=a.threads,
-                 progress=not a.quiet)
+                 progress=not a.quiet, protocol=protocol_of(a))
     return 0
 
 
@@ -343,6 +345,28 @@ def _int_list_arg(value: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{value!r} must be comma-separated whole numbers, e.g. 1,3,5") from None
 
 
+def _float_list_arg(value: str) -> list[float]:
+    try:
+        return [float(v) for v in _list_arg(value)]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"{value!r} must be comma-separated numbers, e.g. 0.5,1.0,1.5") from None
+
+
+def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
+    """The evaluation protocol (the config's eval.mode, crop, stride, scales, flip; docs/metrics.md)."""
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole",
+                   help="whole-image or sliding-window inference (eval.mode)")
+    p.add_argument("--crop", type=_size_arg, metavar="HxW", help="slide: the window size (eval.crop)")
+    p.add_argument("--stride", type=_size_arg, metavar="HxW", help="slide: the step between windows (eval.stride)")
+    p.add_argument("--scales", type=_float_list_arg, default=[1.0], metavar="S,...",
+                   help="test-time scales, factors of the image size (eval.scales), e.g. 0.5,0.75,1.0,1.25,1.5,1.75")
+    p.add_argument("--flip", action="store_true", help="test-time horizontal flip as well (eval.flip)")
+
+
+def protocol_of(a) -> dict:
+    return {"mode": a.mode, "crop": a.crop, "stride": a.stride, "scales": a.scales, "flip": a.flip}
+
+
 def add_robustness_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir")
     p.add_argument("--data", required=True, help="prepared dataset folder")
@@ -354,6 +378,7 @@ def add_robustness_arguments(p: argparse.ArgumentParser) -> None:
                    help="as evaluate's, so that the clean mIoU is metrics.json's")
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true")
+    add_protocol_arguments(p)
 
 
 @step("robustness", "evaluate a trained run on corrupted copies of the val images", add_robustness_arguments)
@@ -363,7 +388,7 @@ def cmd_robustness(a) -> int:
 
     evaluate_corruptions(a.run_dir, a.data, corruptions=a.corruptions or CORRUPTIONS,
                          severities=a.severities or SEVERITIES, batch_size=a.batch_size, threads=a.threads,
-                         progress=not a.quiet)
+                         progress=not a.quiet, protocol=protocol_of(a))
     return 0
 
 

@@ -37,14 +37,18 @@ rule train:
     # here: a cluster run has none). On SLURM a GPU job gets cpus_per_gpu CPUs per GPU
     # instead (workflow/profiles/slurm): torch uses `threads` of them, the DataLoader
     # workers the rest (engine/train.py).
-    threads: lambda w: PLAN.train_spec(w.dataset, w.model)["threads"]
+    # N x train.threads for train.devices processes
+    threads: lambda w: PLAN.train_spec(w.dataset, w.model)["threads"] * PLAN.train_spec(w.dataset, w.model)["devices"]
     resources:
         # a retry (profiles: retries 1) gets twice the memory
         mem_mb=lambda w, attempt: 6000 * attempt,
         runtime=600,
-        gpu=1,
+        # one GPU per process of the run (train.devices: DistributedDataParallel on one node)
+        gpu=lambda w: PLAN.train_spec(w.dataset, w.model)["devices"],
     conda:
         ENV
     shell:
-        "python -m segbench train --spec {params.spec:q} --data {params.data} --out {params.out} "
+        # exec: the trainer is snakemake's own child, so a SIGTERM (SLURM's warning, or snakemake's
+        # own, forwarded by the Snakefile) reaches it and no shell dies around it while it checkpoints
+        "exec python -m segbench train --spec {params.spec:q} --data {params.data} --out {params.out} "
         "--threads {threads} > {log} 2>&1"

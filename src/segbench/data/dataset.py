@@ -6,6 +6,13 @@ converted with a note, 16-bit images refused); labels must be single-channel uin
 train ids, and, when the prepared folder's ``meta.json`` is there, hold only ids below its
 ``num_classes`` or its ``ignore_index``. A file that cannot be read, or that breaks these
 rules, fails with its path and what to do; it never becomes a black image.
+
+Training order and augmentation (:class:`GlobalBatchSampler`, :meth:`SegmentationDataset.set_epoch`):
+one permutation of the train split per epoch, drawn from (seed, epoch), cut into global
+batches; with N processes each takes its slice of every global batch. Each sample's
+augmentation is drawn from its own stream seeded by (seed, epoch, sample index)
+(:func:`sample_seed`), so the global batches and their pixels are the same whatever the
+number of processes and DataLoader workers.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import signal
 import sys
 from pathlib import Path
 
@@ -87,6 +95,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.rows = read_manifest(manifest, split)
         self.split = split
         self.transform = transform
+        #: (seed, epoch) of the augmentation streams (:meth:`set_epoch`); None: the transform's own stream
+        self.epoch_key: tuple[int, int] | None = None
         self.meta_path = Path(manifest).parent / "meta.json"
         #: label value -> valid?, from meta.json (None: not checked)
         self.valid_ids: np.ndarray | None = None
@@ -107,6 +117,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def set_epoch(self, seed: int, epoch: int) -> None:
+        """Draw each sample's augmentation of epoch ``epoch`` from its own stream seeded by
+        ``sample_seed(seed, epoch, index)``, independent of the process and worker that loads
+        it (set before the epoch's DataLoader iterator starts: workers get a copy then)."""
+        self.epoch_key = (int(seed), int(epoch))
 
     def name(self, index: int) -> str:
         return Path(self.rows[index]["image"]).name
@@ -132,15 +148,61 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         image, label = self.raw(index)
         if self.transform is not None:
+            if self.epoch_key is not None and hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(sample_seed(*self.epoch_key, index))
             out = self.transform(image=image, mask=label)
             image, label = out["image"], out["mask"]
         return to_tensor(image), torch.from_numpy(np.array(label, dtype=np.int64)), index
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed (below 2**32) of sample ``index``'s augmentation in epoch ``epoch`` of a run
+    with seed ``seed``: numpy's SeedSequence hash of the three numbers, so nearby
+    (seed, epoch, index) give unrelated streams."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1)[0])
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """The training batches of one process out of ``world_size`` (``rank``), as the
+    DataLoader's ``batch_sampler``.
+
+    Epoch by epoch (:meth:`set_epoch`), one permutation of the ``n`` sample indices is drawn
+    with a torch generator seeded by ``epoch_seed``, the same in every process; it is cut into
+    ``n // batch_size`` global batches of ``batch_size`` (the last, incomplete one dropped),
+    and global batch k is the k-th step of every process: process ``rank`` takes its slice
+    ``[rank * b, (rank + 1) * b)`` of it, ``b = batch_size / world_size``. So the global
+    batches, and each sample's place in them, are the same whatever ``world_size``."""
+
+    def __init__(self, n: int, batch_size: int, world_size: int = 1, rank: int = 0):
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} does not divide into {world_size} equal shares")
+        self.n, self.batch_size, self.world_size, self.rank = n, batch_size, world_size, rank
+        self.per_rank = batch_size // world_size
+        self.epoch_seed = 0
+
+    def set_epoch(self, epoch_seed: int) -> None:
+        self.epoch_seed = int(epoch_seed)
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.epoch_seed)
+        order = torch.randperm(self.n, generator=g).tolist()
+        for k in range(len(self)):
+            start = k * self.batch_size + self.rank * self.per_rank
+            yield order[start: start + self.per_rank]
+
+
 def seed_worker(worker_id: int) -> None:
     """Seed numpy, random and the worker's albumentations pipeline from torch's per-worker
-    seed, which the DataLoader derives from its generator: the same generator seed gives
-    the same augmentations, whatever the worker count's timing."""
+    seed, which the DataLoader derives from its generator. (A training dataset re-seeds its
+    pipeline for every sample, :meth:`SegmentationDataset.set_epoch`; this covers any other
+    random draw in a worker.)"""
+    # SIGTERM to the job's process group (SLURM signals every process of a job step) is the
+    # trainer's to handle (it checkpoints, then ends its workers); torch's worker would die of it
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -29,11 +29,19 @@ it starts; in a SLURM job the job's own snakemake sets it). :class:`WorkflowWatc
 long job when that process is gone (killed snakemake, closed terminal), so training stops
 instead of running on unwatched beside the next run's trainer. Unset (a step run by hand):
 nothing is watched.
+
+A stop asked for by a signal
+----------------------------
+``segbench train`` turns SIGTERM (SLURM's warning before a time limit or a preemption, a
+snakemake that forwards its own) into a request (:func:`stop_on_signal`): the handler only
+notes the signal, and training looks at :func:`stop_requested` at each step boundary, where
+it writes a checkpoint and stops (:class:`segbench.engine.train.Preempted`).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -47,12 +55,15 @@ from segbench.errors import UserError
 _GPU_CLAIM = None
 
 
-def setup_torch(threads: int | None, deterministic: bool | None = None) -> torch.device:
+def setup_torch(threads: int | None, deterministic: bool | None = None,
+                device: torch.device | None = None) -> torch.device:
     """Pick the device, set the CPU thread count and the speed/reproducibility trade-off.
 
     ``deterministic``: None (training, evaluation) means bitwise reproducible on CPU and fast
     on a GPU (unless ``SEGBENCH_DETERMINISTIC=1``); True means reproducible on a GPU too
     (slower); False means fastest everywhere (profiling). See the module docstring.
+    ``device``: the device to use (a rank of a multi-process training,
+    :func:`segbench.engine.distributed.rank_device`); None: :func:`pick_device`.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -61,7 +72,10 @@ def setup_torch(threads: int | None, deterministic: bool | None = None) -> torch
     if wants_determinism:
         # must be set before cuBLAS is initialised
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    device = pick_device()
+    if device is None:
+        device = pick_device()
+    elif device.type == "cuda":
+        torch.cuda.set_device(device)
     if deterministic is None:
         deterministic = device.type != "cuda" or wants_determinism
     _set_deterministic(deterministic)
@@ -259,3 +273,33 @@ def process_start(pid: int) -> str | None:
     if len(fields) < 20 or fields[0] in ("Z", "X"):
         return None
     return fields[19]
+
+
+# ------------------------------------------------------------------ a stop asked for by a signal
+#: the signal that asked this process to stop (:func:`stop_on_signal`), or None
+_STOP_SIGNAL: int | None = None
+
+
+def stop_on_signal(signum: int = signal.SIGTERM) -> None:
+    """From now on, ``signum`` asks this process to stop at its next safe point instead of
+    ending it: the handler only notes the signal (:func:`stop_requested`). Main thread only
+    (Python's rule for signal handlers)."""
+    signal.signal(signum, _note_stop)
+
+
+def _note_stop(signum, frame) -> None:
+    global _STOP_SIGNAL
+    _STOP_SIGNAL = signum
+
+
+def stop_requested() -> int | None:
+    """The signal that asked this process to stop, or None."""
+    return _STOP_SIGNAL
+
+
+def signal_name(signum: int) -> str:
+    """"SIGTERM" for 15."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -5,8 +5,13 @@ scheduler), :func:`resume` (from the checkpoint), then per epoch :func:`train_ep
 history row) and :func:`checkpoint`, and last :func:`write_outputs`.
 
 The run's resolved spec (see :mod:`segbench.plan`) fully determines the result on CPU:
-every epoch re-seeds torch and the DataLoader's generator from (seed, epoch), so a run
-resumed from the checkpoint of epoch e continues exactly as an uninterrupted one would.
+every epoch re-seeds torch and draws the order of the train images from (seed, epoch)
+(:class:`segbench.data.dataset.GlobalBatchSampler`), and each image's augmentation from
+(seed, epoch, image index), so a run resumed from the checkpoint of epoch e continues
+exactly as an uninterrupted one would, whatever the number of DataLoader workers.
+``train.devices`` N > 1 trains the run on N processes with DistributedDataParallel, the same
+training up to floating-point noise (:mod:`segbench.engine.distributed`, docs/cluster.md
+"One run on several GPUs").
 The augmentation is :func:`segbench.data.transforms.train_transform` of the ``train`` spec;
 ``train.bn_momentum`` (when set) becomes the momentum of every batch norm of the model when
 it is built (:func:`set_bn_momentum`; the PAC paper's decay 0.9997 is momentum 0.0003).
@@ -41,6 +46,19 @@ the holder; a lock file left by a killed trainer is no longer held (the kernel r
 dead process's flock) and is taken over with a note. A training that ends, with its outputs
 or with an error, removes the file.
 
+Stopped by a signal (:func:`segbench.engine.common.stop_on_signal`, which ``segbench train``
+installs for SIGTERM: SLURM's warning before a time limit or preemption, a forwarded cancel):
+at the next step boundary the job writes ``ckpt/last.pt`` there (model, optimiser,
+scheduler, scaler, the RNG states of torch, numpy, Python and the loader's generator, and
+the epoch's running loss sum, train confusion and skipped batches) and raises
+:class:`Preempted` (exit status 143), whose message says where the rerun resumes. The rerun
+loads the interrupted epoch's first S batches again without training on them (the same
+shuffle and augmentation draws: every worker's stream is seeded from the epoch's seed, so
+only replaying the loading reproduces it), restores the RNG states and accumulators and
+goes on; on CPU it ends bit-identical to an uninterrupted run. ``train.checkpoint_every``
+(steps; absent or 0: only at epochs' ends and on a signal) writes such checkpoints inside
+long epochs too.
+
 Training ends with its workflow (:class:`segbench.engine.common.WorkflowWatch`): when the
 snakemake named by ``$SEGBENCH_WORKFLOW_PID`` is gone, the next training step (looked at
 every second) stops the job with :class:`WorkflowGone`, keeping the last checkpoint, which a
@@ -69,6 +87,7 @@ import io
 import json
 import math
 import os
+import random
 import shutil
 import socket
 import sys
@@ -78,14 +97,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from segbench import IGNORE_INDEX
 from segbench.data import DataError
-from segbench.data.dataset import SegmentationDataset, pad_collate, seed_worker
+from segbench.data.dataset import GlobalBatchSampler, SegmentationDataset, pad_collate, seed_worker
 from segbench.data.transforms import train_transform
-from segbench.engine.common import WorkflowWatch, job_cpus, progress_kwargs, setup_torch, use_channels_last
+from segbench.engine import distributed
+from segbench.engine.common import (WorkflowWatch, job_cpus, progress_kwargs, setup_torch, signal_name,
+                                    stop_requested, use_channels_last)
 from segbench.errors import UserError
 from segbench.io import atomic_path, read_json, remove_stale_temps, write_json, write_text
 from segbench.losses import build_loss
@@ -124,32 +146,80 @@ class DiskFull(UserError):
     """No space left for a checkpoint or output (the message names the path and the sizes)."""
 
 
+class Preempted(UserError):
+    """A signal (SIGTERM: SLURM's warning before a time limit or preemption) stopped the
+    training at a step boundary, after writing a checkpoint there that a rerun resumes from
+    (the message names the epoch and step). ``segbench train`` exits with status 128 +
+    ``signum`` (143 for SIGTERM, what a shell reports for a process the signal ended)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
 # ------------------------------------------------------------------ the run
 def train_run(spec: dict, data_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
               progress: bool = True, live=None) -> dict:
     """Train the run ``spec`` on the prepared data in ``data_dir`` into ``out_dir`` (resuming
     from its checkpoint there, if any); returns the record written to run.json. ``live``: a
-    :class:`segbench.tracking.LiveRun` that logs the training into MLflow as it runs, or None."""
+    :class:`segbench.tracking.LiveRun` that logs the training into MLflow as it runs, or None.
+
+    ``train.devices`` N > 1: this process is rank 0 of N (it holds the lock, logs live and
+    writes every file) and starts the other ranks (:func:`segbench.engine.distributed.run_ranks`,
+    which runs :func:`_train_rank` in each). ``threads``: the job's torch threads, shared
+    evenly by its processes (at least 1 each); None: ``train.threads`` per process."""
+    world_size = distributed.world_size_of(spec["train"])
+    if threads and world_size > 1:
+        threads = max(1, threads // world_size)
     with run_dir_lock(Path(out_dir)):
-        run = setup(spec, Path(data_dir), Path(out_dir), threads=threads, progress=progress)
-        history = resume(run)
-        start_epoch = len(history)
+        if world_size == 1:
+            return _train(spec, Path(data_dir), Path(out_dir), threads=threads, progress=progress, live=live)
+        return distributed.run_ranks(
+            world_size,
+            lambda: _train(spec, Path(data_dir), Path(out_dir), threads=threads, progress=progress, live=live,
+                           rank=0, world_size=world_size),
+            _train_rank, (spec, str(data_dir), str(out_dir), threads, world_size))
+
+
+def _train_rank(rank: int, spec: dict, data_dir: str, out_dir: str, threads: int | None, world_size: int) -> None:
+    """Rank ``rank`` > 0 of a run on ``world_size`` processes (started by rank 0): trains its
+    share of every batch, writes nothing."""
+    try:
+        _train(spec, Path(data_dir), Path(out_dir), threads=threads, progress=False, live=None, rank=rank,
+               world_size=world_size)
+    except Preempted:
+        return  # rank 0 reports the stop; it wrote the checkpoint
+
+
+def _train(spec: dict, data_dir: Path, out_dir: Path, *, threads: int | None, progress: bool, live,
+           rank: int = 0, world_size: int = 1) -> dict | None:
+    """The epochs of the run as process ``rank`` of ``world_size``; the record of run.json
+    (rank 0), None (the other ranks, which write no file)."""
+    run = setup(spec, data_dir, out_dir, threads=threads, progress=progress and rank == 0, rank=rank,
+                world_size=world_size)
+    history = resume_all_ranks(run)
+    start_epoch = len(history)
+    start_training(run)
+    if run.is_main:
         print(run.summary(), flush=True)
-        t_start = time.time()
-        with live_logging(live, run, history, t_start):
-            for epoch in range(start_epoch, run.epochs):
-                history.append(train_epoch(run, epoch))
+    t_start = time.time()
+    with live_logging(live, run, history, t_start):
+        for epoch in range(start_epoch, run.epochs):
+            history.append(train_epoch(run, epoch, history))
+            if run.is_main:
                 checkpoint(run, history)
-                if live is not None:
-                    live.epoch(history[-1])
-            return write_outputs(run, history, resumed_from=start_epoch, wall_seconds=time.time() - t_start)
+            if live is not None:
+                live.epoch(history[-1])
+        if not run.is_main:
+            return None
+        return write_outputs(run, history, resumed_from=start_epoch, wall_seconds=time.time() - t_start)
 
 
 @contextmanager
 def live_logging(live, run: Training, history: list[dict], t_start: float):
     """Around the epochs: ``live`` (None: nothing) logs the start (with the resumed
     ``history``) and then the end, FINISHED when the block returns, KILLED when it is stopped
-    (Ctrl-C, SIGTERM as SystemExit, the workflow gone: :class:`WorkflowGone`), FAILED when
+    (Ctrl-C, SIGTERM: :class:`Preempted`, the workflow gone: :class:`WorkflowGone`), FAILED when
     it raises anything else. Never raises itself (the logging is best effort)."""
     if live is None:
         yield
@@ -158,7 +228,7 @@ def live_logging(live, run: Training, history: list[dict], t_start: float):
                history, t_start)
     try:
         yield
-    except (KeyboardInterrupt, SystemExit, WorkflowGone):
+    except (KeyboardInterrupt, SystemExit, WorkflowGone, Preempted):
         live.end("KILLED")
         raise
     except BaseException:
@@ -182,7 +252,8 @@ class Training:
     val_ds: SegmentationDataset
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader
-    generator: torch.Generator   # the train loader's: its shuffle is re-seeded every epoch
+    generator: torch.Generator   # the train loader's (its workers' seeds): re-seeded every epoch
+    sampler: GlobalBatchSampler  # the train loader's batches: one permutation per epoch from (seed, epoch)
     workers: int
     init_rng: torch.Tensor       # torch's RNG state the model is initialised from
     progress: bool = True
@@ -195,6 +266,18 @@ class Training:
     nonfinite: NonFinitePolicy | None = None
     pretrained: dict | None = None
     watch: WorkflowWatch | None = None   # the snakemake that started this job, if any
+    resume_at: dict | None = None        # the interrupted epoch's state (:func:`resume`), if any
+    rank: int = 0                        # this process of world_size (train.devices); 0 writes the files
+    world_size: int = 1
+    net: torch.nn.Module | None = None   # what a training step calls (:func:`start_training`)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def batch_per_device(self) -> int:
+        return self.train["batch_size"] // self.world_size
 
     @property
     def train(self) -> dict:
@@ -227,6 +310,8 @@ class Training:
         model = build_model(self.spec["model"]["arch"], self.num_classes, **self.spec["model"]["params"])
         model = model.to(self.device)
         set_bn_momentum(model, self.train.get("bn_momentum"))
+        if self.world_size > 1 and self.train.get("sync_bn", True):
+            model = distributed.sync_batch_norm(model, self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -236,7 +321,10 @@ class Training:
 
     def summary(self) -> str:
         on_nonfinite = self.nonfinite.mode
-        return (f"training {self.spec['run_key']} on {self.device} ({torch.get_num_threads()} threads, "
+        where = (str(self.device) if self.world_size == 1 else
+                 f"{self.world_size} processes ({self.device.type}, batch {self.batch_per_device} each"
+                 f"{', SyncBN' if self.train.get('sync_bn', True) else ''})")
+        return (f"training {self.spec['run_key']} on {where} ({torch.get_num_threads()} threads, "
                 f"{self.workers} loader workers{', AMP' if self.amp else ''}"
                 f"{', channels_last' if self.channels_last else ''}): "
                 f"{len(self.train_ds)} train / {len(self.val_ds)} val images, {self.epochs} epochs"
@@ -313,11 +401,17 @@ def _lock_holder(text: str) -> str:
 
 # ------------------------------------------------------------------ set-up
 def setup(spec: dict, data_dir: Path, out_dir: Path, *, threads: int | None = None,
-          progress: bool = True) -> Training:
-    """Device, data and loaders, model, loss, optimiser and scheduler of the run ``spec``."""
+          progress: bool = True, rank: int = 0, world_size: int = 1) -> Training:
+    """Device, data and loaders, model, loss, optimiser and scheduler of the run ``spec``, as
+    process ``rank`` of ``world_size`` (``train.devices``; each process uses ``threads``).
+
+    The train loader takes this process's share of every global batch
+    (:class:`GlobalBatchSampler`), the val loader every ``world_size``-th val image from
+    ``rank`` on (:func:`validate` sums the shares)."""
     tr = spec["train"]
     watch = WorkflowWatch.from_env()
-    device = setup_torch(threads or tr.get("threads"))
+    device = setup_torch(threads or tr.get("threads"),
+                         device=distributed.rank_device(rank, world_size) if world_size > 1 else None)
     meta = read_json(data_dir / "meta.json")
     if int(meta["num_classes"]) != spec["dataset"]["num_classes"]:
         raise DataError(f"{data_dir / 'meta.json'} says {int(meta['num_classes'])} classes but the config expects "
@@ -330,19 +424,22 @@ def setup(spec: dict, data_dir: Path, out_dir: Path, *, threads: int | None = No
         raise DataError(f"the train split of {data_dir} has {len(train_ds)} images, fewer than "
                         f"batch_size={tr['batch_size']}; lower train.batch_size")
     gen = torch.Generator()
+    sampler = GlobalBatchSampler(len(train_ds), tr["batch_size"], world_size, rank)
     threads_used = torch.get_num_threads()
-    workers = loader_workers(tr["workers"], job_cpus(threads_used), threads_used, device)
+    # the job's CPUs are shared by its world_size processes
+    workers = loader_workers(tr["workers"], job_cpus(threads_used) // world_size, threads_used, device)
     loader_kw = dict(num_workers=workers, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
                      persistent_workers=False)
     run = Training(
         spec=spec, out_dir=out_dir, device=device, amp=bool(tr.get("amp")) and device.type == "cuda",
         channels_last=use_channels_last(tr.get("channels_last", "auto"), device), meta=meta,
-        config_hash=spec_hash(spec), train_ds=train_ds, val_ds=val_ds,
-        train_loader=torch.utils.data.DataLoader(train_ds, batch_size=tr["batch_size"], shuffle=True,
-                                                 drop_last=True, generator=gen, **loader_kw),
-        val_loader=torch.utils.data.DataLoader(val_ds, batch_size=spec["eval"]["batch_size"], shuffle=False,
+        config_hash=checkpoint_hash(spec), train_ds=train_ds, val_ds=val_ds,
+        train_loader=torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, generator=gen, **loader_kw),
+        val_loader=torch.utils.data.DataLoader(val_ds, batch_size=spec["eval"]["batch_size"],
+                                               sampler=range(rank, len(val_ds), world_size),
                                                collate_fn=pad_collate, **loader_kw),
-        generator=gen, workers=workers, init_rng=torch.get_rng_state(), progress=progress, watch=watch)
+        generator=gen, sampler=sampler, workers=workers, init_rng=torch.get_rng_state(), progress=progress, watch=watch,
+        rank=rank, world_size=world_size)
     run.build()
     run.pretrained = getattr(run.model, "pretrained_info", None)  # ImageNet backbone weights (params.pretrained)
     if run.pretrained:
@@ -360,14 +457,72 @@ def setup(spec: dict, data_dir: Path, out_dir: Path, *, threads: int | None = No
     return run
 
 
+#: keys of the ``train`` spec that say how a run is spread over processes, not what it
+#: learns: left out of the checkpoint's config hash, so a checkpoint resumes with any N
+PROCESS_KEYS = ("devices", "sync_bn", "checkpoint_every")
+
+
+def checkpoint_hash(spec: dict) -> str:
+    """The config hash a checkpoint is written with and must match to be resumed: the
+    spec's hash without :data:`PROCESS_KEYS` (a spec without them hashes as before)."""
+    train = {k: v for k, v in spec["train"].items() if k not in PROCESS_KEYS}
+    return spec_hash({**spec, "train": train})
+
+
+def resume_all_ranks(run: Training) -> list[dict]:
+    """:func:`resume` in every process from the same checkpoint: rank 0 first (it alone
+    removes stale files or sets a bad checkpoint aside), then the others; an error when
+    they disagree on the epoch to resume after."""
+    if run.world_size == 1:
+        return resume(run)
+    history = resume(run) if run.is_main else []
+    torch.distributed.barrier()
+    if not run.is_main:
+        history = resume(run)
+    epochs = torch.tensor([len(history), -len(history)], device=run.device)
+    torch.distributed.all_reduce(epochs, op=torch.distributed.ReduceOp.MAX)
+    if int(epochs[0]) != -int(epochs[1]):
+        raise RuntimeError(f"the processes of {run.spec['run_key']} resumed after different epochs "
+                           f"({-int(epochs[1])} to {int(epochs[0])}) from {run.ckpt_path}")
+    return history
+
+
+def start_training(run: Training) -> None:
+    """``run.net``, what a training step calls: the model (its ``forward_train`` for a loss
+    that needs embeddings), wrapped in DistributedDataParallel when ``world_size`` > 1 (after
+    :func:`resume`: the wrapper starts every rank from rank 0's weights). DDP averages the
+    ranks' gradients, so each step applies the mean of the ranks' losses (see docs/cluster.md,
+    "One run on several GPUs", for the loss normalisation)."""
+    net = _ForwardTrain(run.model) if run.needs_embeddings else run.model
+    if run.world_size > 1:
+        # a model with an embedding head leaves it unused in a plain forward pass
+        unused = hasattr(run.model, "forward_train") and not run.needs_embeddings
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+            find_unused_parameters=unused)
+    run.net = net
+
+
+class _ForwardTrain(torch.nn.Module):
+    """A model seen through its ``forward_train`` (logits and embeddings), as DDP needs a
+    module whose ``forward`` is the training pass."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return self.model.forward_train(images)
+
+
 def loader_workers(configured: int, cpus: int, threads: int, device: torch.device) -> int:
     """DataLoader worker processes for a job with ``cpus`` CPUs and ``threads`` torch threads.
 
     On a GPU the CPUs exist to feed it: every CPU the torch threads leave free decodes and
     augments (at least ``train.workers``). On a CPU the torch threads do the work and
-    ``train.workers`` is kept as configured: the worker count decides how the augmentation
-    random streams are split, so keeping it fixed keeps CPU results independent of the
-    allocation (same spec + same threads -> same numbers).
+    ``train.workers`` is kept as configured. (The results do not depend on the worker count:
+    each sample's augmentation is drawn from its own stream, see
+    :meth:`segbench.data.dataset.SegmentationDataset.set_epoch`.)
     """
     if device.type != "cuda":
         return configured
@@ -427,13 +582,24 @@ def resume(run: Training) -> list[dict]:
         run.scaler.load_state_dict(state["scaler"])
         history = [dict(r) for r in state["history"]]
         epoch = int(state["epoch"])
-        if not 0 < epoch <= run.epochs or len(history) != epoch:
+        partial = state.get("partial")  # None: written at an epoch's end
+        if not (0 < epoch <= run.epochs or (partial and epoch == 0)) or len(history) != epoch:
             raise ValueError(f"epoch {epoch} with {len(history)} history rows, for {run.epochs} epochs")
+        if partial and (partial["epoch"] != epoch or epoch >= run.epochs
+                        or not 0 <= partial["step"] < run.steps_per_epoch):
+            raise ValueError(f"written at step {partial['step']} of epoch {partial['epoch'] + 1} after epoch {epoch}, "
+                             f"for {run.steps_per_epoch} steps per epoch")
     except Exception as e:  # noqa: BLE001 - e.g. the model's code changed since the checkpoint
         _set_aside(path, f"does not fit this run ({type(e).__name__}: {_first_line(e)})")
         run.build()
         return []
-    print(f"resuming {run.spec['run_key']} from {path} after epoch {epoch} of {run.epochs}", flush=True)
+    run.resume_at = partial
+    if run.is_main and partial:  # (the other ranks of a run resume from the same file silently)
+        print(f"resuming {run.spec['run_key']} from {path} at epoch {epoch + 1}/{run.epochs}, step "
+              f"{partial['step']}/{run.steps_per_epoch} (the first {partial['step']} batches are loaded again, "
+              "not trained on)", flush=True)
+    elif run.is_main:
+        print(f"resuming {run.spec['run_key']} from {path} after epoch {epoch} of {run.epochs}", flush=True)
     return history
 
 
@@ -466,35 +632,64 @@ def _set_aside(path: Path, why: str) -> None:
 
 
 # ------------------------------------------------------------------ one epoch
-def train_epoch(run: Training, epoch: int) -> dict:
+def train_epoch(run: Training, epoch: int, history: list[dict]) -> dict:
     """Epoch ``epoch`` (0-based), seeded from (seed, epoch): every batch, validation when
-    due (``train.val_every``, and after the last epoch); returns its history row (printed)."""
+    due (``train.val_every``, and after the last epoch); returns its history row (printed).
+    ``history``: the rows of the epochs before, which a checkpoint inside the epoch holds.
+
+    At a step boundary (before batch S, 0-based) the epoch writes a checkpoint of its state
+    there when ``train.checkpoint_every`` divides S, and when a stop was requested
+    (SIGTERM), after which it raises :class:`Preempted`. Resumed inside this epoch
+    (``run.resume_at``), it loads the first S batches as the interrupted job did (same
+    shuffle, same augmentation draws in the same workers) without training on them, then
+    restores the checkpoint's RNG states and accumulators and goes on from batch S."""
     t0 = time.time()
     seed = _epoch_seed(run.seed, epoch)
     torch.manual_seed(seed)
     run.generator.manual_seed(seed)
-    if run.workers == 0:
-        run.train_ds.transform.set_random_seed(seed)
+    run.sampler.set_epoch(seed)              # the epoch's permutation, the same in every process
+    run.train_ds.set_epoch(run.seed, epoch)  # each sample's augmentation from (seed, epoch, index)
+    if run.net is None:  # a caller of setup() that did not call start_training() (bench/bench_step.py)
+        start_training(run)
     run.model.train()
     run.nonfinite.start_epoch(epoch)
     conf = torch.zeros(run.num_classes, run.num_classes, dtype=torch.int64, device=run.device)
     loss_sum, n_batches = 0.0, 0
+    resumed, run.resume_at = run.resume_at, None
+    first = resumed["step"] if resumed else 0
+    if resumed:
+        run.nonfinite.skipped = resumed["skipped"]
+        t0 -= resumed["seconds"]
+        if run.is_main:  # the sums over the ranks (the other ranks start from zero: see _checkpoint_in_epoch)
+            loss_sum, n_batches, conf = resumed["loss_sum"], resumed["n_batches"], resumed["conf"].to(run.device)
+    every = int(run.train.get("checkpoint_every") or 0)
     bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{run.epochs}", unit="batch",
                **progress_kwargs(run.progress))
     for step, (images, labels, idx) in enumerate(bar):
+        if step < first:
+            continue  # trained on before the interruption: loaded as then, not trained on again
+        if resumed and step == first:
+            _set_rng_states(run, resumed["rng"])
+        stop = _stop_signal(run)
+        if stop or (every and step > first and step % every == 0):
+            _checkpoint_in_epoch(run, history, {
+                "epoch": epoch, "step": step, "loss_sum": loss_sum, "n_batches": n_batches, "conf": conf,
+                "skipped": run.nonfinite.skipped, "seconds": time.time() - t0, "rng": _rng_states(run)})
+            if stop:
+                raise Preempted(_preempted_message(run, stop, epoch, step), stop)
         _stop_if_workflow_gone(run, epoch, step)
         images, labels = _to_device(images, labels, run.device, run.channels_last)
         run.nonfinite.before_forward(run.model)
         with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.amp):
+            out = run.net(images)  # the model (or its DDP wrapper): start_training
             if run.needs_embeddings:
                 # models with an embedding head compute it in training only: forward() stays lean
-                out = run.model.forward_train(images)
                 logits = out["logits"]
                 loss = run.loss_fn(logits, labels, embeddings=out["embeddings"])
             else:
-                logits = run.model(images)
+                logits = out
                 loss = run.loss_fn(logits, labels)
-        if run.nonfinite.rejects(loss, run.model, step, idx):
+        if run.nonfinite.rejects(loss if run.world_size == 1 else _sum_over_ranks(loss), run.model, step, idx):
             continue
         _optimise(run, loss)
         loss_sum += float(loss.detach())
@@ -502,20 +697,42 @@ def train_epoch(run: Training, epoch: int) -> dict:
         conf += _train_confusion(logits, labels, run.num_classes)
         bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", refresh=False)
     bar.close()
+    if run.world_size > 1:  # the epoch's row covers every rank's share of the batches
+        loss_sum, n_batches = _mean_over_ranks(loss_sum, n_batches, run.device)
+        torch.distributed.all_reduce(conf)
     train_scores = scores(conf.cpu())
     row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_batches, 1),
            "train_mIoU": train_scores["mIoU"], "train_aAcc": train_scores["aAcc"],
            "lr": run.opt.param_groups[0]["lr"], "skipped_batches": run.nonfinite.skipped}
     if (epoch + 1) % run.train["val_every"] == 0 or epoch + 1 == run.epochs:
         val_loss, val_scores = validate(run.model, run.val_loader, run.loss_fn, run.num_classes, run.device,
-                                        run.amp, run.channels_last)
+                                        run.amp, run.channels_last, distributed=run.world_size > 1)
         row.update(val_loss=val_loss, val_mIoU=val_scores["mIoU"], val_aAcc=val_scores["aAcc"])
     row["epoch_seconds"] = time.time() - t0
     row["time"] = time.time()
-    print(f"epoch {epoch + 1}/{run.epochs}: " + ", ".join(
-        f"{k}={v:.4f}" for k, v in row.items() if k not in ("epoch", "time") and isinstance(v, float)
-        and not math.isnan(v)), flush=True)
+    if run.is_main:
+        print(f"epoch {epoch + 1}/{run.epochs}: " + ", ".join(
+            f"{k}={v:.4f}" for k, v in row.items() if k not in ("epoch", "time") and isinstance(v, float)
+            and not math.isnan(v)), flush=True)
     return row
+
+
+def _sum_over_ranks(loss: torch.Tensor) -> torch.Tensor:
+    """The sum of every rank's ``loss`` (detached): non-finite when any rank's is, so that all
+    ranks skip or stop on the same batch (``train.on_nonfinite``)."""
+    total = loss.detach().float().clone()
+    torch.distributed.all_reduce(total)
+    return total
+
+
+def _mean_over_ranks(loss_sum: float, n_batches: int, device: torch.device) -> tuple[float, int]:
+    """An epoch's (loss sum, batch count) over the ranks: the sum of the rank means of each
+    global batch, divided by the ranks (so loss_sum / n_batches is the mean over the global
+    batches, as DDP trains on), and the number of global batches."""
+    t = torch.tensor([loss_sum, float(n_batches)], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    world = torch.distributed.get_world_size()
+    return float(t[0]) / world, round(float(t[1]) / world)
 
 
 def _stop_if_workflow_gone(run: Training, epoch: int, step: int) -> None:
@@ -531,6 +748,66 @@ def _stop_if_workflow_gone(run: Training, epoch: int, step: int) -> None:
     raise WorkflowGone(
         f"{gone}: stopping training at batch {step + 1}/{run.steps_per_epoch} of epoch {epoch + 1}/{run.epochs} "
         f"so that no trainer runs unwatched. {kept} (`snakemake --unlock`, then the same snakemake command)")
+
+
+def _stop_signal(run: Training) -> int | None:
+    """The signal that asked this job to stop (:func:`stop_requested`), or None; in a run on
+    several processes rank 0's, so that every rank stops at the same step (the other ranks
+    ignore SIGTERM: :mod:`segbench.engine.distributed`)."""
+    signum = stop_requested()
+    if run.world_size == 1:
+        return signum
+    flag = torch.tensor([signum or 0], device=run.device)
+    torch.distributed.broadcast(flag, src=0)
+    return int(flag) or None
+
+
+def _checkpoint_in_epoch(run: Training, history: list[dict], partial: dict) -> None:
+    """:func:`checkpoint` at a step boundary inside an epoch. In a run on several processes
+    rank 0 writes it with the accumulators summed over the ranks (a resumed rank 0 starts
+    from those sums and the others from zero, which add up to the same at the epoch's end)
+    and every rank waits until it is written."""
+    if run.world_size > 1:
+        sums = torch.tensor([partial["loss_sum"], float(partial["n_batches"])], dtype=torch.float64,
+                            device=run.device)
+        conf = partial["conf"].clone()
+        torch.distributed.all_reduce(sums)
+        torch.distributed.all_reduce(conf)
+        partial = {**partial, "loss_sum": float(sums[0]), "n_batches": round(float(sums[1])), "conf": conf}
+    if run.is_main:
+        checkpoint(run, history, partial)
+    if run.world_size > 1:
+        torch.distributed.barrier()
+
+
+def _preempted_message(run: Training, signum: int, epoch: int, step: int) -> str:
+    return (f"stopped by {signal_name(signum)} before batch {step + 1}/{run.steps_per_epoch} of epoch "
+            f"{epoch + 1}/{run.epochs}, after writing the checkpoint {run.ckpt_path} there: the rerun (the same "
+            f"snakemake or segbench command) resumes at epoch {epoch + 1}/{run.epochs}, step "
+            f"{step}/{run.steps_per_epoch}, and ends as an uninterrupted run would")
+
+
+def _rng_states(run: Training) -> dict:
+    """The random states a resumed epoch restores: torch's (CPU and, on a GPU, CUDA), numpy's,
+    Python's and the train loader's generator (numpy's key as a tensor: a checkpoint is loaded
+    with ``weights_only``)."""
+    _, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
+            "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "gauss": float(gauss)},
+            "python": random.getstate(), "loader": run.generator.get_state()}
+
+
+def _set_rng_states(run: Training, states: dict) -> None:
+    """Restore what :func:`_rng_states` saved."""
+    torch.set_rng_state(states["torch"].cpu())
+    if states["cuda"] is not None and run.device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"].cpu(), run.device)
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["key"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(states["python"])
+    run.generator.set_state(states["loader"].cpu())
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -617,7 +894,12 @@ class NonFinitePolicy:
 
 @torch.no_grad()
 def validate(model, loader, loss_fn, num_classes, device, amp: bool,
-             channels_last: bool = False) -> tuple[float, dict]:
+             channels_last: bool = False, *, distributed: bool = False) -> tuple[float, dict]:
+    """The mean loss per labelled pixel and the scores of ``model`` (the plain model, never its
+    DDP wrapper) on ``loader``'s images. ``distributed``: each process scored its share of
+    the val set; the losses, pixel counts and confusion matrices are summed over the
+    processes, so every process returns the scores of the whole set (the confusion matrix,
+    hence the mIoU, exactly as one process would count it)."""
     model.eval()
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     total, pixels = 0.0, 0
@@ -629,16 +911,25 @@ def validate(model, loader, loss_fn, num_classes, device, amp: bool,
         total += float(loss_fn(logits, labels)) * n
         pixels += n
         conf += confusion_matrix(logits.argmax(1), labels, num_classes)
+    if distributed:
+        sums = torch.tensor([total, float(pixels)], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(sums)
+        torch.distributed.all_reduce(conf)
+        total, pixels = float(sums[0]), int(sums[1])
     return total / max(pixels, 1), scores(conf.cpu())
 
 
 # ------------------------------------------------------------------ checkpoint
-def checkpoint(run: Training, history: list[dict]) -> None:
-    """``ckpt/last.pt`` after the last epoch of ``history``: everything a rerun resumes from."""
+def checkpoint(run: Training, history: list[dict], partial: dict | None = None) -> None:
+    """``ckpt/last.pt`` after the last epoch of ``history``: everything a rerun resumes from.
+    Inside an epoch, ``partial`` holds that epoch's state at the step boundary (see
+    :func:`train_epoch`): ``epoch`` (0-based), ``step`` (batches done), the accumulators
+    ``loss_sum``, ``n_batches``, ``conf`` and ``skipped``, ``seconds`` spent and ``rng``
+    (:func:`_rng_states`); None at an epoch's end."""
     _save_checkpoint(run.ckpt_path, {
         "epoch": len(history), "config_hash": run.config_hash, "model": run.model.state_dict(),
         "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "scaler": run.scaler.state_dict(),
-        "history": history})
+        "history": history, "partial": partial})
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -729,6 +1020,9 @@ def run_record(run: Training, history: list[dict], *, resumed_from: int, wall_se
         "num_classes": run.num_classes, "class_names": run.meta["class_names"], "palette": run.meta["palette"],
         "device": str(run.device), "threads": torch.get_num_threads(), "workers": run.workers, "amp": run.amp,
         "channels_last": run.channels_last, "pretrained": run.pretrained,
+        # processes of the run (train.devices) and each one's share of train.batch_size
+        "world_size": run.world_size, "batch_per_device": run.batch_per_device,
+        "sync_bn": run.world_size > 1 and bool(run.train.get("sync_bn", True)),
         "epochs": run.epochs, "on_nonfinite": run.nonfinite.mode,
         "skipped_batches": sum(int(r.get("skipped_batches") or 0) for r in history),
         "train_seconds": sum(r["epoch_seconds"] for r in history),

@@ -179,6 +179,7 @@ def collect_runs(runs: Iterable[RunLike]) -> pd.DataFrame:
             epochs=len(hist),
             train_seconds=_float(info.get("train_seconds")),
             eval_size=_size(metrics.get("input_size")),
+            eval_protocol=eval_protocol_words(metrics.get("eval_protocol")),
             profile_size=_size(prof.get("input_size")),
             device=prof.get("device"),
             threads=prof.get("threads"),
@@ -457,6 +458,18 @@ def format_aggregate(agg: pd.DataFrame, df: pd.DataFrame | None = None) -> pd.Da
     return pd.DataFrame(rows)
 
 
+def eval_protocol_words(p: Mapping[str, Any] | None) -> str:
+    """metrics.json's ``eval_protocol`` in words; an evaluation written before it was
+    whole-image, one scale (docs/metrics.md#evaluation-protocols)."""
+    if not p:
+        return "whole image, single scale"
+    words = ("whole image" if p.get("mode", "whole") == "whole" else
+             f"slide {p['crop'][0]}x{p['crop'][1]}, stride {p['stride'][0]}x{p['stride'][1]}")
+    scales = list(p.get("scales") or [1.0])
+    words += ", single scale" if scales == [1.0] else f", scales {', '.join(f'{s:g}' for s in scales)}"
+    return words + (", flip" if p.get("flip") else "")
+
+
 def _context_line(df: pd.DataFrame) -> str:
     """Datasets, and the input sizes accuracy and cost were measured at."""
     parts = []
@@ -470,6 +483,7 @@ def _context_line(df: pd.DataFrame) -> str:
                 f"evaluated at {', '.join(evals) or 'n/a'}, "
                 f"profiled at {', '.join(profs) or 'n/a'} (HxW)"
             )
+        sizes += f"; evaluated {' / '.join(sorted(set(g['eval_protocol'])))}"
         parts.append(f"**{ds}** — {sizes}")
     devices = []
     for dev, thr in df[["device", "threads"]].drop_duplicates().itertuples(index=False):
@@ -498,7 +512,9 @@ def protocol_words(train: Any) -> str:
     if t.get("crop") is not None:
         parts.append(f"crop {_hxw(t['crop'])}")
     if t.get("batch_size") is not None:
-        parts.append(f"batch {t['batch_size']}")
+        devices = int(t.get("devices") or 1)
+        parts.append(f"batch {t['batch_size']}"
+                     + (f" ({devices} devices x {t['batch_size'] // devices})" if devices > 1 else ""))
     if t.get("optimizer"):
         parts.append(f"{t['optimizer']}" + (f" lr {t['lr']:g}" if isinstance(t.get("lr"), (int, float)) else ""))
     return ", ".join(parts)

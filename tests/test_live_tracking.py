@@ -90,7 +90,7 @@ def test_training_logs_live_is_killed_resumes_once_and_the_track_step_completes(
 
     from segbench.tracking import LIVE_ENV, init_store, live_env, log_run, run_params
 
-    epochs = 8
+    epochs = 30  # long enough that the SIGTERM sent after epoch 1 is logged lands mid-training, even on a busy machine
     spec = tiny_run_spec(epochs=epochs)
     key = spec["run_key"]
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"

@@ -197,9 +197,9 @@ t=$SECONDS
 # site variables (workflow/profiles/slurm): our partition; no GPUs on this node; small jobs
 ( cd "$WORK/slurm-run" && \
   SEGBENCH_SLURM_PARTITION=segbench SEGBENCH_SLURM_GPUS=0 \
-  SEGBENCH_SLURM_SET="train:mem_mb=1000 evaluate:mem_mb=1000 profile:mem_mb=1000 train:runtime=20" \
+  SEGBENCH_SLURM_SET="train:mem_mb=1000 evaluate:mem_mb=1000 profile:mem_mb=1000" \
   snakemake --snakefile "$ROOT/Snakefile" --profile "$ROOT/workflow/profiles/slurm" \
-    --jobs 8 --retries 0 --latency-wait 10 \
+    --jobs 8 --retries 0 --latency-wait 10 --verbose \
     --slurm-status-command squeue --slurm-init-seconds-before-status-checks 6 \
     --config "mlflow={tracking_uri: $MLFLOW_URL}" \
     >"$WORK/slurm-run/snakemake.out" 2>&1 ) \
@@ -238,6 +238,25 @@ if not_done:
     problems.append(f"SLURM jobs {not_done} did not complete with exit 0 according to slurmctld")
 print(f"sbatch: {len(submitted)} jobs for {expected} non-local jobs of {len(set(counts) - LOCAL)} rules; "
       f"slurmctld saw {len(completed)} complete")
+
+# 1b. the sbatch options the profile asks for (--verbose logs each call): train jobs get SIGTERM
+# 300 s before their time limit (not B:, so the trainer gets it too) and one node; others no signal
+calls = re.findall(r"sbatch call: (.*)", out)
+signal_of = {}
+for call in calls:
+    rule = re.search(r"/rule_([^/]+)/", call)
+    rule = rule.group(1) if rule else "?"
+    has_signal = "--signal=TERM@300" in call
+    # tiny runs: the cost estimate's time limit is its floor, 2 hours
+    if rule == "train" and not (has_signal and re.search(r"--nodes[= ]1\b", call) and re.search(r" -t '?120\b", call)):
+        problems.append(f"a train job's sbatch call lacks --signal=TERM@300, --nodes=1 or -t 120: {call[:400]}")
+    if rule != "train" and "--signal" in call:
+        problems.append(f"a {rule} job's sbatch call asks for a signal: {call[:400]}")
+    signal_of.setdefault(rule, set()).add(has_signal)
+if len(calls) != len(submitted):
+    problems.append(f"{len(calls)} sbatch calls logged for {len(submitted)} submissions")
+print(f"sbatch options: train jobs {sorted(signal_of.get('train', []))} with --signal=TERM@300 and --nodes=1, "
+      f"{len(calls)} calls in all")
 
 # 2. the outputs equal the local run's (training is deterministic on CPU for the same threads)
 runs = sorted(p.parent.relative_to(local) for p in (local / "results/runs").rglob("run.json"))

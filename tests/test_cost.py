@@ -176,3 +176,19 @@ def test_check_config_cost_of_the_paper_config():
     assert total > 0 and hours == pytest.approx(2 * total * 1e15 / 50e12 / 3600, abs=0.05)
     assert f"{len(plan.runs)} runs" in out
     assert "cityscapes (cityscapes): 2975 train / 500 val images" in out
+
+
+def test_train_runtime_is_twice_the_estimated_gpu_time_plus_a_quarter_hour_within_bounds():
+    """The cluster time limit of a training job (the train rule's runtime on SLURM), by hand:
+    1 GPU-hour at 50 TFLOP/s is 9e16 MACs -> 2 x 60 + 15 = 135 minutes; tiny runs get the
+    2-hour floor, huge ones the 2-day ceiling."""
+    from segbench.cost import RunCost, train_runtime_minutes
+
+    def cost(total_macs):  # 1 train image x 1 epoch x 3 passes, no evaluation
+        return RunCost(key="k", studies=("s",), crop=(1, 1), train_macs_per_image=total_macs // 3, train_images=1,
+                       epochs=1, eval_size=(1, 1), eval_macs_per_image=0, val_images=0)
+
+    assert train_runtime_minutes(cost(9 * 10**16)) == 135
+    assert train_runtime_minutes(cost(3)) == 120
+    assert train_runtime_minutes(cost(9 * 10**18)) == 2880
+    assert train_runtime_minutes(cost(9 * 10**16), tflops=25) == 2 * 120 + 15

@@ -88,8 +88,12 @@ def test_slurm_profile_asks_for_a_sigterm_before_the_time_limit_of_train_jobs(mo
     assert per_rule(render("slurm", monkeypatch, SEGBENCH_SLURM_WARN_SECONDS="900"))["train"]["slurm_extra"] == \
         "'--signal=TERM@900'"
     assert "slurm_extra" not in per_rule(render("slurm", monkeypatch, SEGBENCH_SLURM_WARN_SECONDS="0"))["train"]
-    # the time limit stays the profile's (or SEGBENCH_SLURM_SET's), with the warning inside it
-    assert int(rules["train"]["runtime"]) * 60 > 300
+    # the time limit is the train rule's own (from the cost estimate, at least 2 hours: the warning
+    # falls inside it) unless SEGBENCH_SLURM_SET gives one; evaluate and profile keep the profile's
+    from segbench.cost import MIN_TRAIN_MINUTES
+
+    assert "runtime" not in rules["train"] and MIN_TRAIN_MINUTES * 60 > 300
+    assert rules["evaluate"]["runtime"] == "120" and rules["profile"]["runtime"] == "30"
 
 
 def test_slurm_profile_without_gpus(monkeypatch):
@@ -121,3 +125,31 @@ def test_slurm_profile_on_a_one_node_cluster():
         pytest.skip(reason.group(1) if reason else "scripts/test_slurm.sh skipped itself")
     assert proc.returncode == 0, f"scripts/test_slurm.sh failed ({proc.returncode}):\n{out[-8000:]}"
     assert "all checks passed" in out
+
+
+def test_a_run_on_two_devices_asks_slurm_for_two_gpus_on_one_node(tmp_path, monkeypatch):
+    """train.devices: 2 -> the train job's gpu resource is 2 (the Snakefile, as `snakemake -n`
+    prints it), the SLURM profile adds nodes=1 and leaves gpu to the rule, and the plugin turns
+    that into `--gpus=2` (its own set_gres_string, as it builds the sbatch call)."""
+    from types import SimpleNamespace
+
+    import yaml
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    config = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
+    config["train"] = {**config.get("train", {}), "devices": 2, "batch_size": 2}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    dry = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--snakefile", str(ROOT / "Snakefile"),
+                          "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")],
+                         capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    jobs = re.findall(r"rule (\w+):.*?resources: ([^\n]*)", dry.stdout, re.S)
+    train = [dict(kv.split("=", 1) for kv in res.split(", ")) for rule, res in jobs if rule == "train"]
+    assert train and all(r["gpu"] == "2" for r in train), jobs
+    assert all(dict(kv.split("=", 1) for kv in res.split(", "))["gpu"] == "1" for rule, res in jobs
+               if rule in ("evaluate", "profile"))
+
+    rules = per_rule(render("slurm", monkeypatch))
+    assert rules["train"]["nodes"] == "1" and "gpu" not in rules["train"]
+    job = SimpleNamespace(resources={"gpu": int(train[0]["gpu"]), **rules["train"]})
+    assert set_gres_string(job).strip() == "--gpus=2"

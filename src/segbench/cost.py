@@ -92,9 +92,9 @@ class RunCost:
         return self.train_macs + self.eval_macs
 
 
-def run_costs(plan, count: Counter = count_macs) -> list[RunCost]:
-    """Every run of ``plan`` once, in the plan's order, with its estimated compute. ``count``
-    is called once per distinct (arch, params, classes, size)."""
+def run_costs(plan, count: Counter = count_macs, runs=None) -> list[RunCost]:
+    """Every run of ``plan`` (or of ``runs``) once, in the plan's order, with its estimated
+    compute. ``count`` is called once per distinct (arch, params, classes, size)."""
     known: dict[str, int] = {}
 
     def macs(model: str, classes: int, size) -> int:
@@ -105,7 +105,7 @@ def run_costs(plan, count: Counter = count_macs) -> list[RunCost]:
         return known[key]
 
     out = []
-    for run in plan.runs:
+    for run in plan.runs if runs is None else runs:
         classes = plan.num_classes(run.dataset)
         train = plan.train_spec(run.dataset, run.model)
         crop, size = tuple(train["crop"]), tuple(plan.eval_size(run.dataset))
@@ -121,6 +121,19 @@ def run_costs(plan, count: Counter = count_macs) -> list[RunCost]:
 def gpu_hours(macs: float, tflops: float) -> float:
     """Hours to compute ``macs`` at ``tflops`` effective TFLOP/s (1 MAC = 2 FLOPs)."""
     return 2 * macs / (tflops * 1e12) / 3600
+
+
+#: the bounds of :func:`train_runtime_minutes`: 2 hours, 2 days
+MIN_TRAIN_MINUTES, MAX_TRAIN_MINUTES = 120, 2880
+
+
+def train_runtime_minutes(cost: RunCost, tflops: float = DEFAULT_TFLOPS) -> int:
+    """A cluster time limit for one run's training job, a rule of thumb: twice the estimated
+    GPU time of its compute at ``tflops`` (the estimate leaves out data loading and validation)
+    plus 15 minutes of start-up, between 2 hours and 2 days. A job that reaches it is warned
+    first (SIGTERM), checkpoints and resumes in the retry (docs/cluster.md)."""
+    minutes = math.ceil(2 * 60 * gpu_hours(cost.total_macs, tflops) + 15)
+    return int(min(MAX_TRAIN_MINUTES, max(MIN_TRAIN_MINUTES, minutes)))
 
 
 _UNITS = ((1e15, "PMAC"), (1e12, "TMAC"), (1e9, "GMAC"))

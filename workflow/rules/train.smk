@@ -11,6 +11,19 @@
 # whatever live logging missed.
 
 
+def train_runtime(w) -> int:
+    """The training job's time limit in minutes. Locally nothing enforces it: 600. On a cluster
+    a rule of thumb from the run's cost estimate (segbench.cost.train_runtime_minutes: twice
+    the estimated GPU time + 15 min, 2 h to 2 days); SEGBENCH_SLURM_SET="train:runtime=..."
+    overrides it."""
+    if not (workflow.non_local_exec or workflow.remote_exec):
+        return 600
+    from segbench.cost import run_costs, train_runtime_minutes
+
+    (cost,) = run_costs(PLAN, runs=[run_of(w)])  # this run's models only, on the meta device
+    return train_runtime_minutes(cost)
+
+
 def run_spec_json(w) -> str:
     return json.dumps(PLAN.run_spec(run_of(w)), sort_keys=True)
 
@@ -42,7 +55,7 @@ rule train:
     resources:
         # a retry (profiles: retries 1) gets twice the memory
         mem_mb=lambda w, attempt: 6000 * attempt,
-        runtime=600,
+        runtime=train_runtime,
         # one GPU per process of the run (train.devices: DistributedDataParallel on one node)
         gpu=lambda w: PLAN.train_spec(w.dataset, w.model)["devices"],
     conda:
